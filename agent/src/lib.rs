@@ -1,0 +1,1 @@
+//! agent crate (work in progress).

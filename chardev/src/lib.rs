@@ -1,0 +1,1 @@
+//! chardev crate (work in progress).

@@ -1,0 +1,1 @@
+//! devices crate (work in progress).

@@ -1,0 +1,1 @@
+//! qmp crate (work in progress).
