@@ -19,12 +19,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python venv with qemu.qmp (QEMU's own QMP client library, used as an oracle client).
+# Python venv with qemu.qmp (QEMU's own QMP client library, used as an oracle client) and pytest.
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
-  echo "setup: installing qemu.qmp into $VENV"
-  "$VENV/bin/pip" install -q 'qemu.qmp==0.0.6'
+PY_PKGS=('qemu.qmp==0.0.6' 'pytest==8.3.4')
+if ! "$VENV/bin/python" -c 'import qemu.qmp, pytest' 2>/dev/null; then
+  echo "setup: installing ${PY_PKGS[*]} into $VENV"
+  "$VENV/bin/pip" install -q "${PY_PKGS[@]}"
 fi
