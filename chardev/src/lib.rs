@@ -1,1 +1,711 @@
-//! chardev crate (work in progress).
+//! Character-device backends behind one handle type.
+//!
+//! A [`Chardev`] joins a *backend* (socket, file, stdio, pty, ringbuf, null) to one *frontend*
+//! (a serial port, a virtio-serial port, the QMP proxy). The frontend writes with
+//! [`Chardev::write`] and receives bytes and open/close events through the [`Frontend`] trait.
+//! Backends with file descriptors are driven by the event loop through [`Chardev::subscriber`].
+//!
+//! Everything runs on the VMM's one event-loop thread. Frontend callbacks are never made while
+//! the chardev's own state is borrowed, so a frontend may write back from inside `receive`.
+
+pub mod opts;
+pub mod qmp_proxy;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use qmp::server::Stream;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+pub use opts::{Backend, ChardevSpec, OptsError, SocketAddr, SocketSpec};
+
+/// Most bytes a chardev buffers toward a slow peer; beyond that writes are refused.
+pub const MAX_BUFFERED: usize = 96 << 20;
+
+/// A change of the backend's connection state, as the frontend sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChardevEvent {
+    /// A peer is there (socket connected, pty slave opened, ...).
+    Opened,
+    /// The peer went away.
+    Closed,
+}
+
+/// The consumer of a chardev's input.
+pub trait Frontend {
+    /// Bytes from the backend; never more than the last [`Frontend::can_receive`] said.
+    fn receive(&mut self, data: &[u8]);
+    /// How many bytes the frontend can take now. Zero pauses input until
+    /// [`Chardev::accept_input`] is called.
+    fn can_receive(&self) -> usize {
+        usize::MAX
+    }
+    /// The backend connected or disconnected.
+    fn event(&mut self, ev: ChardevEvent);
+}
+
+/// Errors creating a chardev.
+#[derive(Debug, thiserror::Error)]
+pub enum ChardevError {
+    #[error("chardev '{id}': {what}: {source}")]
+    Io {
+        id: String,
+        what: String,
+        source: io::Error,
+    },
+    #[error("chardev '{0}': {1}")]
+    Invalid(String, String),
+}
+
+enum Kind {
+    Null,
+    File(File),
+    Stdio {
+        open: bool,
+    },
+    Pty {
+        master: File,
+        path: PathBuf,
+        open: bool,
+        poll: TimerFd,
+    },
+    Ringbuf {
+        ring: VecDeque<u8>,
+        size: usize,
+    },
+    Socket(SocketState),
+}
+
+struct SocketState {
+    spec: SocketSpec,
+    listener: Option<Listener>,
+    conn: Option<Stream>,
+    retry: TimerFd,
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+        }
+    }
+}
+
+struct Inner {
+    id: String,
+    /// Label prefix in `query-chardev`'s filename (e.g. "qmp_proxy:" for a proxy's socket).
+    filename_prefix: String,
+    kind: Kind,
+    frontend: Option<Rc<RefCell<dyn Frontend>>>,
+    out: Vec<u8>,
+    out_pos: usize,
+    kick: EventFd,
+    /// Interest sets registered with epoll, per fd.
+    registered: Vec<(RawFd, EventSet)>,
+    input_paused: bool,
+    created_path: Option<PathBuf>,
+}
+
+/// A handle to one chardev; cheap to clone.
+#[derive(Clone)]
+pub struct Chardev {
+    inner: Rc<RefCell<Inner>>,
+}
+
+/// What to tell the frontend after the state borrow is released.
+enum Notify {
+    Data(Vec<u8>),
+    Event(ChardevEvent),
+}
+
+fn io_err(id: &str, what: impl Into<String>, source: io::Error) -> ChardevError {
+    ChardevError::Io {
+        id: id.to_string(),
+        what: what.into(),
+        source,
+    }
+}
+
+impl Chardev {
+    /// Creates the backend `spec` asks for. `qmp_proxy` specs are built with
+    /// [`qmp_proxy::attach`] instead, which uses this for its socket.
+    pub fn new(spec: &ChardevSpec) -> Result<Chardev, ChardevError> {
+        let id = spec.id.clone();
+        let mut created_path = None;
+        let kind = match &spec.backend {
+            Backend::Null => Kind::Null,
+            Backend::File { path, append } => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(*append)
+                    .truncate(!*append)
+                    .open(path)
+                    .map_err(|e| io_err(&id, format!("cannot open {}", path.display()), e))?;
+                Kind::File(f)
+            }
+            Backend::Stdio => Kind::Stdio { open: true },
+            Backend::Pty => {
+                let (master, path) = open_pty().map_err(|e| io_err(&id, "cannot open a pty", e))?;
+                eprintln!(
+                    "char device redirected to {} (label {})",
+                    path.display(),
+                    id
+                );
+                Kind::Pty {
+                    master,
+                    path,
+                    open: false,
+                    poll: TimerFd::new().map_err(|e| io_err(&id, "timerfd", e.into()))?,
+                }
+            }
+            Backend::Ringbuf { size } => Kind::Ringbuf {
+                ring: VecDeque::new(),
+                size: *size,
+            },
+            Backend::Socket(s) => {
+                let mut st = SocketState {
+                    spec: s.clone(),
+                    listener: None,
+                    conn: None,
+                    retry: TimerFd::new().map_err(|e| io_err(&id, "timerfd", e.into()))?,
+                };
+                if s.server {
+                    let l = match &s.addr {
+                        SocketAddr::Unix(p) => {
+                            if let Ok(m) = std::fs::symlink_metadata(p) {
+                                if !m.file_type().is_socket() {
+                                    return Err(ChardevError::Invalid(
+                                        id,
+                                        format!("{} exists and is not a socket", p.display()),
+                                    ));
+                                }
+                                let _ = std::fs::remove_file(p);
+                            }
+                            let l = UnixListener::bind(p).map_err(|e| {
+                                io_err(&id, format!("cannot listen on {}", p.display()), e)
+                            })?;
+                            created_path = Some(p.clone());
+                            Listener::Unix(l)
+                        }
+                        SocketAddr::Tcp(a) => Listener::Tcp(
+                            TcpListener::bind(a)
+                                .map_err(|e| io_err(&id, format!("cannot listen on {a}"), e))?,
+                        ),
+                    };
+                    if s.wait {
+                        eprintln!(
+                            "vmm: chardev '{id}': waiting for a connection on {}",
+                            s.addr
+                        );
+                        let c = l.accept().map_err(|e| io_err(&id, "accept", e))?;
+                        st.conn = Some(c);
+                    }
+                    match &l {
+                        Listener::Unix(u) => u.set_nonblocking(true),
+                        Listener::Tcp(t) => t.set_nonblocking(true),
+                    }
+                    .map_err(|e| io_err(&id, "listener", e))?;
+                    st.listener = Some(l);
+                } else {
+                    match Stream::connect(&s.addr) {
+                        Ok(c) => st.conn = Some(c),
+                        Err(e) if s.reconnect.is_none() => {
+                            return Err(io_err(&id, format!("cannot connect to {}", s.addr), e))
+                        }
+                        Err(e) => {
+                            log::info!("chardev '{id}': {} not there yet ({e}); retrying", s.addr)
+                        }
+                    }
+                }
+                if let Some(c) = &st.conn {
+                    c.set_nonblocking(true)
+                        .map_err(|e| io_err(&id, "socket", e))?;
+                }
+                Kind::Socket(st)
+            }
+            Backend::QmpProxy { .. } => {
+                return Err(ChardevError::Invalid(
+                    id,
+                    "qmp_proxy chardevs are created with chardev::qmp_proxy::attach".into(),
+                ))
+            }
+        };
+        Ok(Chardev {
+            inner: Rc::new(RefCell::new(Inner {
+                id,
+                filename_prefix: String::new(),
+                kind,
+                frontend: None,
+                out: Vec::new(),
+                out_pos: 0,
+                kick: EventFd::new(EFD_NONBLOCK).map_err(|e| io_err(&spec.id, "eventfd", e))?,
+                registered: Vec::new(),
+                input_paused: false,
+                created_path,
+            })),
+        })
+    }
+
+    /// The chardev's id.
+    pub fn id(&self) -> String {
+        self.inner.borrow().id.clone()
+    }
+
+    /// QEMU's `query-chardev` filename, e.g. `unix:/tmp/s,server=on` or `disconnected:...`.
+    pub fn filename(&self) -> String {
+        let i = self.inner.borrow();
+        let f = match &i.kind {
+            Kind::Null => "null".to_string(),
+            Kind::File(_) => "file".to_string(),
+            Kind::Stdio { .. } => "stdio".to_string(),
+            Kind::Pty { path, .. } => format!("pty:{}", path.display()),
+            Kind::Ringbuf { .. } => "ringbuf".to_string(),
+            Kind::Socket(s) => {
+                let base = format!(
+                    "{}{}",
+                    s.spec.addr,
+                    if s.spec.server { ",server=on" } else { "" }
+                );
+                if s.conn.is_some() {
+                    base
+                } else {
+                    format!("disconnected:{base}")
+                }
+            }
+        };
+        format!("{}{}", i.filename_prefix, f)
+    }
+
+    /// True while a peer is connected (always true for backends without a peer).
+    pub fn is_open(&self) -> bool {
+        match &self.inner.borrow().kind {
+            Kind::Socket(s) => s.conn.is_some(),
+            Kind::Pty { open, .. } => *open,
+            Kind::Stdio { open } => *open,
+            _ => true,
+        }
+    }
+
+    /// True when a frontend is attached (`frontend-open` in `query-chardev`).
+    pub fn has_frontend(&self) -> bool {
+        self.inner.borrow().frontend.is_some()
+    }
+
+    /// Attaches the frontend. It gets [`ChardevEvent::Opened`] at once if a peer is already there.
+    pub fn set_frontend(&self, fe: Rc<RefCell<dyn Frontend>>) {
+        self.inner.borrow_mut().frontend = Some(fe.clone());
+        if self.is_open() {
+            fe.borrow_mut().event(ChardevEvent::Opened);
+        }
+    }
+
+    pub(crate) fn set_filename_prefix(&self, p: &str) {
+        self.inner.borrow_mut().filename_prefix = p.to_string();
+    }
+
+    /// Writes `data` toward the peer. Returns how many bytes were taken: all of them unless the
+    /// buffer limit is reached. Without a peer, data is dropped (as QEMU's socket chardev does)
+    /// and `NotConnected` is returned.
+    pub fn write(&self, data: &[u8]) -> io::Result<usize> {
+        let mut i = self.inner.borrow_mut();
+        let i = &mut *i;
+        match &mut i.kind {
+            Kind::Null => Ok(data.len()),
+            Kind::File(f) => f.write_all(data).map(|_| data.len()),
+            Kind::Stdio { .. } => {
+                let mut o = io::stdout().lock();
+                o.write_all(data)?;
+                o.flush()?;
+                Ok(data.len())
+            }
+            Kind::Ringbuf { ring, size } => {
+                ring.extend(data);
+                while ring.len() > *size {
+                    ring.pop_front();
+                }
+                Ok(data.len())
+            }
+            Kind::Pty { master, open, .. } => {
+                if !*open {
+                    return Ok(data.len());
+                }
+                // Terminal output is best effort, as in QEMU: a full pty drops bytes.
+                match master.write(data) {
+                    Ok(_) => Ok(data.len()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(data.len()),
+                    Err(e) => Err(e),
+                }
+            }
+            Kind::Socket(s) => {
+                let Some(conn) = s.conn.as_mut() else {
+                    return Err(io::Error::new(io::ErrorKind::NotConnected, "not connected"));
+                };
+                let pending = i.out.len() - i.out_pos;
+                let mut taken = 0;
+                if pending == 0 {
+                    // Fast path: straight to the socket.
+                    loop {
+                        match conn.write(&data[taken..]) {
+                            Ok(n) => {
+                                taken += n;
+                                if taken == data.len() || n == 0 {
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            // A broken connection is noticed and reported by the read side.
+                            Err(_) => return Ok(data.len()),
+                        }
+                    }
+                }
+                let rest = &data[taken..];
+                let room = MAX_BUFFERED.saturating_sub(pending);
+                let n = rest.len().min(room);
+                if n > 0 {
+                    i.out.extend_from_slice(&rest[..n]);
+                    let _ = i.kick.write(1);
+                }
+                Ok(taken + n)
+            }
+        }
+    }
+
+    /// The frontend can take input again after returning 0 from `can_receive`.
+    pub fn accept_input(&self) {
+        let i = self.inner.borrow();
+        let _ = i.kick.write(1);
+    }
+
+    /// Reads and removes up to `size` bytes from a ringbuf chardev.
+    pub fn ringbuf_read(&self, size: usize) -> Option<Vec<u8>> {
+        match &mut self.inner.borrow_mut().kind {
+            Kind::Ringbuf { ring, .. } => {
+                let n = size.min(ring.len());
+                Some(ring.drain(..n).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// True for ringbuf chardevs.
+    pub fn is_ringbuf(&self) -> bool {
+        matches!(self.inner.borrow().kind, Kind::Ringbuf { .. })
+    }
+
+    /// Removes the unix socket file this chardev created, if any.
+    pub fn cleanup(&self) {
+        if let Some(p) = self.inner.borrow_mut().created_path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// The event-loop subscriber driving this chardev's fds (None when it has none).
+    pub fn subscriber(&self) -> Option<Box<dyn MutEventSubscriber>> {
+        match self.inner.borrow().kind {
+            Kind::Null | Kind::File(_) | Kind::Ringbuf { .. } => None,
+            _ => Some(Box::new(ChardevSubscriber(self.clone()))),
+        }
+    }
+
+    fn notify(&self, notes: Vec<Notify>) {
+        if notes.is_empty() {
+            return;
+        }
+        let fe = self.inner.borrow().frontend.clone();
+        if let Some(fe) = fe {
+            for n in notes {
+                match n {
+                    Notify::Data(d) => fe.borrow_mut().receive(&d),
+                    Notify::Event(e) => fe.borrow_mut().event(e),
+                }
+            }
+        }
+    }
+
+    fn room(&self) -> usize {
+        let fe = self.inner.borrow().frontend.clone();
+        match fe {
+            Some(fe) => fe.borrow().can_receive().min(65536),
+            None => 65536,
+        }
+    }
+
+    /// Computes the interest sets wanted now and applies them.
+    fn update_interest(&self, ops: &mut EventOps) {
+        let mut i = self.inner.borrow_mut();
+        let i = &mut *i;
+        let mut want: Vec<(RawFd, EventSet)> = vec![(i.kick.as_raw_fd(), EventSet::IN)];
+        let out_pending = i.out.len() > i.out_pos;
+        match &i.kind {
+            Kind::Stdio { open: true } if !i.input_paused => {
+                want.push((libc::STDIN_FILENO, EventSet::IN));
+            }
+            Kind::Pty {
+                master, open, poll, ..
+            } => {
+                want.push((poll.as_raw_fd(), EventSet::IN));
+                if *open && !i.input_paused {
+                    want.push((master.as_raw_fd(), EventSet::IN));
+                }
+            }
+            Kind::Socket(s) => {
+                want.push((s.retry.as_raw_fd(), EventSet::IN));
+                match &s.conn {
+                    Some(c) => {
+                        let mut set = EventSet::empty();
+                        if !i.input_paused {
+                            set |= EventSet::IN;
+                        }
+                        if out_pending {
+                            set |= EventSet::OUT;
+                        }
+                        want.push((c.as_raw_fd(), set));
+                    }
+                    None => {
+                        if let Some(l) = &s.listener {
+                            want.push((l.fd(), EventSet::IN));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        // Drop fds no longer wanted, then add or modify.
+        for (fd, set) in std::mem::take(&mut i.registered) {
+            if !want.iter().any(|(f, _)| *f == fd) {
+                let _ = ops.remove(Events::new_raw(fd, set));
+            } else {
+                i.registered.push((fd, set));
+            }
+        }
+        for (fd, set) in want {
+            match i.registered.iter_mut().find(|(f, _)| *f == fd) {
+                Some((_, cur)) if *cur == set => {}
+                Some((_, cur)) => {
+                    if ops.modify(Events::new_raw(fd, set)).is_ok() {
+                        *cur = set;
+                    }
+                }
+                None => match ops.add(Events::new_raw(fd, set)) {
+                    Ok(()) => i.registered.push((fd, set)),
+                    Err(e) => log::error!("chardev '{}': cannot watch fd {fd}: {e:?}", i.id),
+                },
+            }
+        }
+    }
+
+    /// Handles readiness of `fd`; returns what to tell the frontend.
+    fn handle(&self, fd: RawFd, set: EventSet) -> Vec<Notify> {
+        let room = self.room();
+        let mut notes = Vec::new();
+        let mut i = self.inner.borrow_mut();
+        let i = &mut *i;
+        if fd == i.kick.as_raw_fd() {
+            let _ = i.kick.read();
+            i.input_paused = false;
+            return notes;
+        }
+        if room == 0 {
+            i.input_paused = true;
+            return notes;
+        }
+        let mut buf = vec![0u8; room];
+        match &mut i.kind {
+            Kind::Stdio { open } if fd == libc::STDIN_FILENO => match read_stdin(&mut buf) {
+                Ok(0) | Err(_) => *open = false,
+                Ok(n) => notes.push(Notify::Data(buf[..n].to_vec())),
+            },
+            Kind::Pty {
+                master, open, poll, ..
+            } => {
+                if fd == poll.as_raw_fd() {
+                    let _ = poll.wait();
+                    if !*open {
+                        *open = true;
+                        notes.push(Notify::Event(ChardevEvent::Opened));
+                    }
+                } else if fd == master.as_raw_fd() {
+                    match master.read(&mut buf) {
+                        Ok(n) if n > 0 => notes.push(Notify::Data(buf[..n].to_vec())),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        _ => {
+                            // No slave open (EIO): look again in a second, as QEMU does.
+                            *open = false;
+                            let _ = poll.reset(Duration::from_secs(1), None);
+                            notes.push(Notify::Event(ChardevEvent::Closed));
+                        }
+                    }
+                }
+            }
+            Kind::Socket(s) => {
+                if fd == s.retry.as_raw_fd() {
+                    let _ = s.retry.wait();
+                    if s.conn.is_none() && !s.spec.server {
+                        match Stream::connect(&s.spec.addr)
+                            .and_then(|c| c.set_nonblocking(true).map(|_| c))
+                        {
+                            Ok(c) => {
+                                log::info!("chardev '{}': connected to {}", i.id, s.spec.addr);
+                                s.conn = Some(c);
+                                notes.push(Notify::Event(ChardevEvent::Opened));
+                            }
+                            Err(_) => {
+                                if let Some(d) = s.spec.reconnect {
+                                    let _ = s.retry.reset(d, None);
+                                }
+                            }
+                        }
+                    }
+                } else if s.listener.as_ref().is_some_and(|l| l.fd() == fd) {
+                    if s.conn.is_none() {
+                        if let Some(Ok(c)) = s.listener.as_ref().map(|l| l.accept()) {
+                            if c.set_nonblocking(true).is_ok() {
+                                s.conn = Some(c);
+                                notes.push(Notify::Event(ChardevEvent::Opened));
+                            }
+                        }
+                    }
+                } else if let Some(conn) = s.conn.as_mut().filter(|c| c.as_raw_fd() == fd) {
+                    let mut closed = set.contains(EventSet::ERROR);
+                    if set.contains(EventSet::OUT) && !closed {
+                        while i.out_pos < i.out.len() {
+                            match conn.write(&i.out[i.out_pos..]) {
+                                Ok(0) => {
+                                    closed = true;
+                                    break;
+                                }
+                                Ok(n) => i.out_pos += n,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(_) => {
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if i.out_pos == i.out.len() {
+                            i.out.clear();
+                            i.out_pos = 0;
+                            if i.out.capacity() > (1 << 20) {
+                                i.out = Vec::new();
+                            }
+                        }
+                    }
+                    if !closed
+                        && set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP)
+                    {
+                        match conn.read(&mut buf) {
+                            Ok(0) => closed = true,
+                            Ok(n) => notes.push(Notify::Data(buf[..n].to_vec())),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => closed = true,
+                        }
+                    }
+                    if closed {
+                        log::info!("chardev '{}': peer disconnected", i.id);
+                        s.conn = None;
+                        i.out.clear();
+                        i.out_pos = 0;
+                        if let Some(d) = s.spec.reconnect {
+                            let _ = s.retry.reset(d, None);
+                        }
+                        notes.push(Notify::Event(ChardevEvent::Closed));
+                    }
+                }
+            }
+            _ => {}
+        }
+        notes
+    }
+}
+
+struct ChardevSubscriber(Chardev);
+
+impl MutEventSubscriber for ChardevSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        // A client that could not connect at start-up retries on its timer.
+        {
+            let mut i = self.0.inner.borrow_mut();
+            if let Kind::Socket(s) = &mut i.kind {
+                if s.conn.is_none() && !s.spec.server {
+                    if let Some(d) = s.spec.reconnect {
+                        let _ = s.retry.reset(d, None);
+                    }
+                }
+            }
+            if let Kind::Pty { poll, .. } = &mut i.kind {
+                let _ = poll.reset(Duration::from_millis(1), None);
+            }
+        }
+        self.0.update_interest(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let notes = self.0.handle(events.fd(), events.event_set());
+        self.0.notify(notes);
+        self.0.update_interest(ops);
+    }
+}
+
+/// Opens a pty master (non-blocking) and returns it with the slave's path.
+fn open_pty() -> io::Result<(File, PathBuf)> {
+    // SAFETY: posix_openpt takes flags and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by posix_openpt and is owned by nobody else.
+    let master = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: grantpt/unlockpt act on the valid master fd we own.
+    if unsafe { libc::grantpt(fd) } != 0 || unsafe { libc::unlockpt(fd) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: `name` is a writable buffer of the length passed; ptsname_r NUL-terminates it.
+    if unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated string.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Ok((master, PathBuf::from(path.to_string_lossy().into_owned())))
+}
+
+/// Reads fd 0 directly: std's buffered stdin could hold bytes epoll no longer reports.
+fn read_stdin(buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; fd 0 is only read here.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -1,1 +1,152 @@
-fn main() {}
+//! `vmm`: a minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
+
+mod cli;
+mod machine;
+mod signals;
+
+use chardev::{Backend, Chardev};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use qmp::{Monitor, MonitorHandle, QmpProxy};
+use std::cell::{Cell, RefCell};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+
+use machine::{NoneMachine, RunState, VmState};
+
+/// Lets the main loop keep a handle on a subscriber the event manager owns.
+struct Shared<T>(Rc<RefCell<T>>);
+
+impl<T: MutEventSubscriber> MutEventSubscriber for Shared<T> {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.0.borrow_mut().init(ops)
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.0.borrow_mut().process(events, ops)
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_micros()
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match cli::parse(&args) {
+        Ok(cli::Action::Run(cfg)) => cfg,
+        Ok(cli::Action::Help) => {
+            println!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(cli::Action::Version) => {
+            println!("vmm (virtagent) {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("vmm: {}", e.0);
+            return ExitCode::from(2);
+        }
+    };
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: &cli::Config) -> Result<(), String> {
+    // Signals become events of the loop; block them first so no thread takes them asynchronously.
+    let sigs = signals::SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+        .map_err(|e| format!("signalfd: {e}"))?;
+    let handle = MonitorHandle::new().map_err(|e| format!("eventfd: {e}"))?;
+    let state = Rc::new(VmState {
+        name: cfg.name.clone(),
+        run_state: Cell::new(if cfg.start_paused {
+            RunState::Prelaunch
+        } else {
+            RunState::Running
+        }),
+        exit: Cell::new(false),
+        monitor: handle.clone(),
+    });
+
+    let mut em = EventManager::<Box<dyn MutEventSubscriber>>::new()
+        .map_err(|e| format!("event manager: {e:?}"))?;
+    let chardevs = Rc::new(RefCell::new(Vec::<Chardev>::new()));
+    let mut proxy = None;
+    for spec in &cfg.chardevs {
+        let cd = match &spec.backend {
+            Backend::QmpProxy {
+                path: Some(path),
+                timeout,
+                reconnect,
+            } => {
+                let p = Rc::new(RefCell::new(
+                    QmpProxy::new(&spec.id, *timeout, handle.clone())
+                        .map_err(|e| format!("chardev '{}': {e}", spec.id))?,
+                ));
+                em.add_subscriber(qmp::proxy::timer_subscriber(p.clone()));
+                let cd = chardev::qmp_proxy::attach_socket(&spec.id, p.clone(), path, *reconnect)
+                    .map_err(|e| e.to_string())?;
+                proxy = Some(p);
+                cd
+            }
+            _ => Chardev::new(spec).map_err(|e| e.to_string())?,
+        };
+        if let Some(sub) = cd.subscriber() {
+            em.add_subscriber(sub);
+        }
+        chardevs.borrow_mut().push(cd);
+    }
+
+    let machine = NoneMachine {
+        state: state.clone(),
+        chardevs: chardevs.clone(),
+    };
+    let mut monitor = Monitor::new(handle.clone(), Box::new(machine));
+    if let Some(p) = proxy {
+        monitor.set_proxy(p);
+    }
+    for q in &cfg.qmp {
+        if q.server {
+            monitor
+                .listen(&q.addr)
+                .map_err(|e| format!("-qmp {}: {e}", q.addr))?;
+            if q.wait {
+                eprintln!("vmm: waiting for a QMP client on {}", q.addr);
+                monitor
+                    .wait_for_client()
+                    .map_err(|e| format!("-qmp {}: {e}", q.addr))?;
+            }
+        } else {
+            monitor
+                .connect(&q.addr)
+                .map_err(|e| format!("-qmp {}: {e}", q.addr))?;
+        }
+    }
+    let monitor = Rc::new(RefCell::new(monitor));
+    em.add_subscriber(Box::new(Shared(monitor.clone())));
+    em.add_subscriber(Box::new(signals::SignalSubscriber {
+        fd: sigs,
+        state: state.clone(),
+    }));
+
+    log::info!("vmm: running");
+    let result = loop {
+        if state.exit.get() {
+            break Ok(());
+        }
+        if let Err(e) = em.run() {
+            break Err(format!("event loop: {e:?}"));
+        }
+    };
+    let mut m = monitor.borrow_mut();
+    m.flush_before_exit(Duration::from_secs(1));
+    m.cleanup();
+    for c in chardevs.borrow().iter() {
+        c.cleanup();
+    }
+    result
+}

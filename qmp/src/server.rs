@@ -1,0 +1,676 @@
+//! The QMP monitor: listeners, sessions, negotiation, dispatch to the machine and the proxy.
+//!
+//! One [`Monitor`] is one event-manager subscriber owning every listener and session fd plus the
+//! hub's kick eventfd. Unlike QEMU, which serves one client per monitor, every accepted connection
+//! gets its own session at once. Requests of a session are answered in order: while a guest
+//! command is with the agent, the session's later input waits (and its socket is not read).
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use serde_json::{json, Map, Value};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::hub::{MonitorHandle, Outgoing, SessionId};
+use crate::parser::{JsonStreamer, Parsed};
+use crate::protocol::{self, check_args, Param, ParamKind, QmpError, Request};
+use crate::proxy::QmpProxy;
+
+/// Most bytes queued for one client before it is considered dead and dropped.
+pub const MAX_OUTPUT: usize = 256 << 20;
+/// Most parsed requests held for a busy session before its socket stops being read.
+const MAX_INBOX: usize = 64;
+
+/// A command the machine implements.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandSpec {
+    pub name: &'static str,
+    pub params: &'static [Param],
+}
+
+/// The VMM side of the monitor: machine commands (`query-status`, `quit`, ...).
+pub trait Machine {
+    /// The commands this machine implements.
+    fn commands(&self) -> Vec<CommandSpec>;
+    /// Runs `name` with arguments already checked against its [`CommandSpec`].
+    fn execute(&mut self, name: &str, args: &Map<String, Value>) -> Result<Value, QmpError>;
+}
+
+/// Where a monitor listens (or connects, for client mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketAddr {
+    Unix(PathBuf),
+    /// `host:port`.
+    Tcp(String),
+}
+
+impl std::fmt::Display for SocketAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SocketAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            SocketAddr::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+        }
+    }
+}
+
+/// A connected byte stream (unix or tcp).
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    /// Connects to `addr`.
+    pub fn connect(addr: &SocketAddr) -> io::Result<Stream> {
+        Ok(match addr {
+            SocketAddr::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
+            SocketAddr::Tcp(a) => {
+                let s = TcpStream::connect(a)?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+        })
+    }
+
+    pub fn set_nonblocking(&self, nb: bool) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_nonblocking(nb),
+            Stream::Tcp(s) => s.set_nonblocking(nb),
+        }
+    }
+
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Session {
+    id: SessionId,
+    stream: Stream,
+    parser: JsonStreamer,
+    inbox: VecDeque<Parsed>,
+    out: Vec<u8>,
+    out_pos: usize,
+    negotiated: bool,
+    /// A guest command of this session is with the proxy.
+    busy: bool,
+    /// Close once the output is flushed.
+    closing: bool,
+    /// The interest set registered with epoll now.
+    registered: EventSet,
+}
+
+impl Session {
+    fn queue(&mut self, v: &Value) {
+        protocol::encode_line(v, b"\r\n", &mut self.out);
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Writes as much as the socket takes. Returns false when the peer is gone.
+    fn flush(&mut self) -> bool {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return false,
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > 1 << 20 {
+                self.out = Vec::new();
+            }
+        }
+        true
+    }
+
+    fn wanted(&self) -> EventSet {
+        let mut s = EventSet::empty();
+        let stalled = self.busy && !self.inbox.is_empty() || self.inbox.len() >= MAX_INBOX;
+        if !self.closing && !stalled {
+            s |= EventSet::IN;
+        }
+        if self.pending_out() > 0 {
+            s |= EventSet::OUT;
+        }
+        s
+    }
+}
+
+/// See the module documentation.
+pub struct Monitor {
+    handle: MonitorHandle,
+    machine: Box<dyn Machine>,
+    proxy: Option<Rc<RefCell<QmpProxy>>>,
+    listeners: Vec<(Listener, SocketAddr)>,
+    sessions: HashMap<RawFd, Session>,
+    /// Sessions connected before the event loop took over (client mode, `wait=on`).
+    early: Vec<Stream>,
+    next_session: u64,
+    created_paths: Vec<PathBuf>,
+}
+
+impl Monitor {
+    pub fn new(handle: MonitorHandle, machine: Box<dyn Machine>) -> Self {
+        Monitor {
+            handle,
+            machine,
+            proxy: None,
+            listeners: Vec::new(),
+            sessions: HashMap::new(),
+            early: Vec::new(),
+            next_session: 1,
+            created_paths: Vec::new(),
+        }
+    }
+
+    /// Routes `guest-*` commands to `proxy`.
+    pub fn set_proxy(&mut self, proxy: Rc<RefCell<QmpProxy>>) {
+        self.proxy = Some(proxy);
+    }
+
+    /// Listens on `addr`. A stale unix socket file at the path is replaced; any other file is an error.
+    pub fn listen(&mut self, addr: &SocketAddr) -> io::Result<()> {
+        let l = match addr {
+            SocketAddr::Unix(p) => {
+                remove_stale_socket(p)?;
+                let l = UnixListener::bind(p)?;
+                self.created_paths.push(p.clone());
+                Listener::Unix(l)
+            }
+            SocketAddr::Tcp(a) => Listener::Tcp(TcpListener::bind(a)?),
+        };
+        match &l {
+            Listener::Unix(u) => u.set_nonblocking(true)?,
+            Listener::Tcp(t) => t.set_nonblocking(true)?,
+        }
+        self.listeners.push((l, addr.clone()));
+        Ok(())
+    }
+
+    /// Blocks until one client connects to the last listener added (QEMU's `wait=on`).
+    pub fn wait_for_client(&mut self) -> io::Result<()> {
+        let Some((l, _)) = self.listeners.last() else {
+            return Ok(());
+        };
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: l.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is a valid, exclusively borrowed pollfd array of length 1.
+            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            match l.accept() {
+                Ok(s) => {
+                    self.early.push(s);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Connects to a listening client at `addr` and serves it as a session (`server=off`).
+    pub fn connect(&mut self, addr: &SocketAddr) -> io::Result<()> {
+        self.early.push(Stream::connect(addr)?);
+        Ok(())
+    }
+
+    /// The addresses listened on.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Delivers everything queued (replies, events) and writes pending output, waiting at most
+    /// `limit` overall. Used before the process exits so `quit`'s reply and SHUTDOWN arrive.
+    pub fn flush_before_exit(&mut self, limit: Duration) {
+        self.deliver_outgoing(None);
+        let deadline = Instant::now() + limit;
+        for s in self.sessions.values_mut() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if s.pending_out() > 0 && s.stream.set_nonblocking(false).is_ok() {
+                let _ = s.stream.set_write_timeout(Some(left));
+                let _ = s.stream.write_all(&s.out[s.out_pos..]);
+            }
+        }
+    }
+
+    /// Removes the unix socket files this monitor created.
+    pub fn cleanup(&mut self) {
+        for p in self.created_paths.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    fn add_session(&mut self, stream: Stream, ops: &mut EventOps) {
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("monitor: session setup failed: {e}");
+            return;
+        }
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let mut s = Session {
+            id,
+            stream,
+            parser: JsonStreamer::default(),
+            inbox: VecDeque::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            negotiated: false,
+            busy: false,
+            closing: false,
+            registered: EventSet::IN,
+        };
+        s.queue(&protocol::greeting());
+        let fd = s.stream.as_raw_fd();
+        if !s.flush() {
+            return;
+        }
+        let want = s.wanted();
+        if let Err(e) = ops.add(Events::new_raw(fd, want)) {
+            log::warn!("monitor: cannot watch session: {e:?}");
+            return;
+        }
+        s.registered = want;
+        log::debug!("monitor: session {} connected", id.0);
+        self.sessions.insert(fd, s);
+    }
+
+    fn close_session(&mut self, fd: RawFd, ops: &mut EventOps) {
+        if let Some(s) = self.sessions.remove(&fd) {
+            let _ = ops.remove(Events::new_raw(fd, s.registered));
+            if let Some(p) = &self.proxy {
+                p.borrow_mut().session_closed(s.id);
+            }
+            log::debug!("monitor: session {} closed", s.id.0);
+        }
+    }
+
+    /// Reads from session `fd`, runs what it can, updates its epoll interest.
+    fn service_session(&mut self, fd: RawFd, readable: bool, ops: &mut EventOps) {
+        let mut alive = true;
+        if readable {
+            alive = self.read_session(fd);
+        }
+        if alive {
+            self.run_inbox(fd);
+        }
+        self.settle(fd, alive, ops);
+    }
+
+    fn read_session(&mut self, fd: RawFd) -> bool {
+        let Some(s) = self.sessions.get_mut(&fd) else {
+            return false;
+        };
+        let mut buf = [0u8; 65536];
+        // A bounded number of reads per wakeup keeps one busy client from starving the others.
+        for _ in 0..16 {
+            if s.closing || s.inbox.len() >= MAX_INBOX || (s.busy && !s.inbox.is_empty()) {
+                break;
+            }
+            match s.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let inbox = &mut s.inbox;
+                    let mut limit_hit = false;
+                    s.parser.feed(&buf[..n], |p| {
+                        if let Parsed::Error(e) = &p {
+                            limit_hit |= e.is_limit();
+                        }
+                        inbox.push_back(p);
+                        true
+                    });
+                    if limit_hit {
+                        // A peer that sends this is broken or hostile: answer, then hang up.
+                        s.closing = true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn run_inbox(&mut self, fd: RawFd) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&fd) else {
+                return;
+            };
+            if s.busy {
+                return;
+            }
+            let Some(p) = s.inbox.pop_front() else {
+                return;
+            };
+            if let Some(reply) = self.handle_message(fd, p) {
+                if let Some(s) = self.sessions.get_mut(&fd) {
+                    s.queue(&reply);
+                }
+            }
+        }
+    }
+
+    /// Flushes output, closes when dead or done, and re-registers the interest set.
+    fn settle(&mut self, fd: RawFd, mut alive: bool, ops: &mut EventOps) {
+        if let Some(s) = self.sessions.get_mut(&fd) {
+            if alive {
+                alive = s.flush() && s.pending_out() <= MAX_OUTPUT;
+            }
+            if alive && s.closing && s.pending_out() == 0 {
+                alive = false;
+            }
+            if alive {
+                let want = s.wanted();
+                if want != s.registered {
+                    if ops.modify(Events::new_raw(fd, want)).is_ok() {
+                        s.registered = want;
+                    } else {
+                        alive = false;
+                    }
+                }
+            }
+        }
+        if !alive {
+            self.close_session(fd, ops);
+        }
+    }
+
+    /// Handles one parsed message; returns the reply to send now (None: the proxy answers later).
+    fn handle_message(&mut self, fd: RawFd, p: Parsed) -> Option<Value> {
+        let v = match p {
+            Parsed::Value(v) => v,
+            Parsed::Error(e) => {
+                return Some(protocol::reply_err(&QmpError::generic(e.desc()), None))
+            }
+        };
+        let req = match protocol::parse_request(v) {
+            Ok(r) => r,
+            Err((e, id)) => return Some(protocol::reply_err(&e, id)),
+        };
+        let s = self.sessions.get_mut(&fd)?;
+        if req.oob {
+            return Some(protocol::reply_err(
+                &QmpError::generic("QMP input member 'exec-oob' is unexpected"),
+                req.id,
+            ));
+        }
+        if !s.negotiated {
+            if req.execute != "qmp_capabilities" {
+                return Some(protocol::reply_err(
+                    &QmpError::not_found(
+                        "Expecting capabilities negotiation with 'qmp_capabilities'",
+                    ),
+                    req.id,
+                ));
+            }
+            return Some(match negotiate(&req) {
+                Ok(()) => {
+                    s.negotiated = true;
+                    protocol::reply_ok(json!({}), req.id)
+                }
+                Err(e) => protocol::reply_err(&e, req.id),
+            });
+        }
+        let session = s.id;
+        let Request {
+            execute,
+            arguments,
+            id,
+            ..
+        } = req;
+        let result = match execute.as_str() {
+            "qmp_capabilities" => Err(QmpError::not_found(
+                "Capabilities negotiation is already complete, command ignored",
+            )),
+            "query-version" => check_args(&[], &arguments).map(|_| protocol::version_info()),
+            "query-commands" => check_args(&[], &arguments).map(|_| self.query_commands()),
+            name if name.starts_with("guest-") && self.proxy.is_some() => {
+                let proxy = self.proxy.clone()?;
+                let r = proxy
+                    .borrow_mut()
+                    .submit(session, name, arguments, id.clone());
+                return match r {
+                    Ok(()) => {
+                        if let Some(s) = self.sessions.get_mut(&fd) {
+                            s.busy = true;
+                        }
+                        None
+                    }
+                    Err(e) => Some(protocol::reply_err(&e, id)),
+                };
+            }
+            name => match self.machine.commands().into_iter().find(|c| c.name == name) {
+                Some(spec) => check_args(spec.params, &arguments)
+                    .and_then(|_| self.machine.execute(name, &arguments)),
+                None => Err(QmpError::not_found(format!(
+                    "The command {name} has not been found"
+                ))),
+            },
+        };
+        Some(match result {
+            Ok(v) => protocol::reply_ok(v, id),
+            Err(e) => protocol::reply_err(&e, id),
+        })
+    }
+
+    fn query_commands(&self) -> Value {
+        let mut names: Vec<String> = ["qmp_capabilities", "query-version", "query-commands"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        names.extend(self.machine.commands().iter().map(|c| c.name.to_string()));
+        if let Some(p) = &self.proxy {
+            names.extend(
+                p.borrow()
+                    .guest_commands()
+                    .iter()
+                    .filter(|(_, enabled)| *enabled)
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        Value::Array(names.into_iter().map(|n| json!({"name": n})).collect())
+    }
+
+    /// Moves queued replies and events into session output buffers. With `ops`, also flushes
+    /// and re-registers the sessions touched.
+    fn deliver_outgoing(&mut self, ops: Option<&mut EventOps>) {
+        let queued = self.handle.drain();
+        if queued.is_empty() {
+            return;
+        }
+        let mut touched = Vec::new();
+        for m in queued {
+            match m {
+                Outgoing::Reply { session, msg } => {
+                    if let Some((fd, s)) = self.sessions.iter_mut().find(|(_, s)| s.id == session) {
+                        s.queue(&msg);
+                        s.busy = false;
+                        touched.push(*fd);
+                    }
+                }
+                Outgoing::Event(ev) => {
+                    for (fd, s) in self.sessions.iter_mut() {
+                        if s.negotiated {
+                            s.queue(&ev);
+                            touched.push(*fd);
+                        }
+                    }
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        if let Some(ops) = ops {
+            for fd in touched {
+                self.run_inbox(fd);
+                self.settle(fd, true, ops);
+            }
+        }
+    }
+}
+
+fn negotiate(req: &Request) -> Result<(), QmpError> {
+    const PARAMS: &[Param] = &[Param {
+        name: "enable",
+        kind: ParamKind::StrList,
+        required: false,
+    }];
+    check_args(PARAMS, &req.arguments)?;
+    if let Some(caps) = req.arguments.get("enable").and_then(Value::as_array) {
+        if let Some(c) = caps.first().and_then(Value::as_str) {
+            return Err(QmpError::generic(format!("Capability '{c}' not available")));
+        }
+    }
+    Ok(())
+}
+
+fn remove_stale_socket(p: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(p),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", p.display()),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+impl MutEventSubscriber for Monitor {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.handle.kick_fd(), EventSet::IN)) {
+            log::error!("monitor: cannot watch its eventfd: {e:?}");
+        }
+        for (l, a) in &self.listeners {
+            if let Err(e) = ops.add(Events::new_raw(l.fd(), EventSet::IN)) {
+                log::error!("monitor: cannot watch listener {a}: {e:?}");
+            }
+        }
+        for s in std::mem::take(&mut self.early) {
+            self.add_session(s, ops);
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        let set = events.event_set();
+        if fd == self.handle.kick_fd() {
+            self.deliver_outgoing(Some(ops));
+            return;
+        }
+        if let Some(i) = self.listeners.iter().position(|(l, _)| l.fd() == fd) {
+            // Accept everything pending (bounded), each connection a new session.
+            for _ in 0..64 {
+                match self.listeners[i].0.accept() {
+                    Ok(s) => self.add_session(s, ops),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::warn!("monitor: accept: {e}");
+                        break;
+                    }
+                }
+            }
+            return;
+        }
+        if self.sessions.contains_key(&fd) {
+            if set.intersects(EventSet::ERROR) {
+                self.close_session(fd, ops);
+                return;
+            }
+            let readable =
+                set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP);
+            self.service_session(fd, readable, ops);
+        }
+        // Replies produced synchronously (e.g. by the machine) go out in this same wakeup.
+        self.deliver_outgoing(Some(ops));
+    }
+}

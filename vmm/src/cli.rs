@@ -1,0 +1,320 @@
+//! The QEMU-style command line: `-machine none -name test -qmp unix:/tmp/qmp.sock,server=on,wait=off
+//! -chardev qmp_proxy,id=qga0,path=/tmp/agent.sock`. Each option may also be spelled `--option`.
+//! Every error is one line that names the option.
+
+use chardev::opts::{parse_socket_uri, Opts, OptsError};
+use chardev::{ChardevSpec, SocketSpec};
+
+/// A `-device` the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    VirtioSerial {
+        id: Option<String>,
+        max_ports: u32,
+    },
+    Port {
+        console: bool,
+        chardev: String,
+        name: Option<String>,
+        id: Option<String>,
+    },
+}
+
+/// Which machine to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineKind {
+    /// No guest: the monitor, chardevs and QMP proxy only.
+    None,
+}
+
+/// Everything the command line asked for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub machine: MachineKind,
+    pub name: Option<String>,
+    pub qmp: Vec<SocketSpec>,
+    pub chardevs: Vec<ChardevSpec>,
+    pub devices: Vec<DeviceSpec>,
+    /// `-S`: start with vCPUs paused.
+    pub start_paused: bool,
+}
+
+/// What the command line asks the process to do.
+#[derive(Debug)]
+pub enum Action {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+pub const USAGE: &str = "\
+usage: vmm -machine none [options]
+
+A minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
+
+options (QEMU spellings; --long forms work too):
+  -machine|-M TYPE          machine type; 'none' runs the monitor and chardevs without a guest
+  -name NAME                VM name reported by query-name
+  -qmp ADDR                 QMP monitor on unix:PATH or tcp:HOST:PORT
+                            [,server=on|off][,wait=on|off] (listening, no wait, by default)
+  -chardev BACKEND,id=ID[,...]
+                            null | socket,path=P|host=H,port=N[,server=on|off][,wait=on|off][,reconnect=S]
+                            | file,path=P[,append=on] | stdio | pty | ringbuf[,size=N]
+                            | qmp_proxy[,path=AGENT_SOCKET][,timeout=SECONDS][,reconnect=SECONDS]
+  -device virtio-serial[,id=ID][,max_ports=N]
+  -device virtserialport|virtconsole,chardev=ID[,name=NAME][,id=ID]
+  -S                        start with the machine paused
+  -h|--help                 this text
+  -V|--version              version
+
+Logging: RUST_LOG=info (or debug) on stderr.";
+
+fn err(s: impl Into<String>) -> OptsError {
+    OptsError(s.into())
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, OptsError> {
+    let mut o = Opts::parse(s, true)?;
+    let driver = o
+        .head
+        .clone()
+        .ok_or_else(|| err(format!("-device '{s}': the driver name comes first")))?;
+    let d = match driver.as_str() {
+        "virtio-serial" | "virtio-serial-device" | "virtio-serial-pci" => {
+            let id = o.take_str("id")?;
+            let max_ports = match o.take_str("max_ports")? {
+                None => 31,
+                Some(v) => match v.parse::<u32>() {
+                    Ok(n) if (1..=31).contains(&n) => n,
+                    _ => {
+                        return Err(err(format!(
+                            "-device {driver}: option 'max_ports' must be 1..31, not '{v}'"
+                        )))
+                    }
+                },
+            };
+            DeviceSpec::VirtioSerial { id, max_ports }
+        }
+        "virtserialport" | "virtconsole" => {
+            let chardev = o
+                .take_str("chardev")?
+                .ok_or_else(|| err(format!("-device {driver}: option 'chardev' is required")))?;
+            DeviceSpec::Port {
+                console: driver == "virtconsole",
+                chardev,
+                name: o.take_str("name")?,
+                id: o.take_str("id")?,
+            }
+        }
+        other => return Err(err(format!(
+            "-device: unknown driver '{other}' (known: virtio-serial, virtserialport, virtconsole)"
+        ))),
+    };
+    o.finish(&format!("-device {driver}"))?;
+    Ok(d)
+}
+
+fn parse_machine(s: &str) -> Result<MachineKind, OptsError> {
+    let mut o = Opts::parse(s, true)?;
+    let ty = match (o.head.clone(), o.take_str("type")?) {
+        (Some(t), None) | (None, Some(t)) => t,
+        (Some(_), Some(_)) => return Err(err("-machine: the type is given twice")),
+        (None, None) => return Err(err("-machine: no machine type given")),
+    };
+    // Accepted for QEMU compatibility; there is nothing to accelerate without a guest.
+    let _ = o.take_str("accel")?;
+    o.finish("-machine")?;
+    match ty.as_str() {
+        "none" => Ok(MachineKind::None),
+        "help" => Err(err("-machine: supported machine types: none")),
+        other => Err(err(format!(
+            "-machine: unknown or unsupported machine type '{other}' (supported: none)"
+        ))),
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Action, OptsError> {
+    let mut machine = None;
+    let mut name = None;
+    let mut qmp = Vec::new();
+    let mut chardevs: Vec<ChardevSpec> = Vec::new();
+    let mut devices = Vec::new();
+    let mut start_paused = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let opt = a.strip_prefix("--").or_else(|| a.strip_prefix('-'));
+        let Some(opt) = opt.filter(|o| !o.is_empty()) else {
+            return Err(err(format!(
+                "unexpected argument '{a}' (options start with '-'; see --help)"
+            )));
+        };
+        // `-opt=value` is accepted as well as `-opt value`.
+        let (opt, inline) = match opt.split_once('=') {
+            Some((o, v)) => (o, Some(v.to_string())),
+            None => (opt, None),
+        };
+        let mut value = |what: &str| -> Result<String, OptsError> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| err(format!("-{opt}: missing {what}"))),
+            }
+        };
+        match opt {
+            "h" | "help" => return Ok(Action::Help),
+            "V" | "version" => return Ok(Action::Version),
+            "machine" | "M" => machine = Some(parse_machine(&value("machine type")?)?),
+            "name" => {
+                let v = value("name")?;
+                let mut o = Opts::parse(&v, true)?;
+                let n = match (o.head.take(), o.take_str("guest")?) {
+                    (Some(n), _) | (None, Some(n)) => n,
+                    (None, None) => return Err(err("-name: empty name")),
+                };
+                // QEMU's `process=` and `debug-threads=` are accepted and ignored.
+                let _ = o.take_str("process")?;
+                let _ = o.take_bool("debug-threads")?;
+                o.finish("-name")?;
+                name = Some(n);
+            }
+            "qmp" => {
+                let v = value("address")?;
+                qmp.push(parse_socket_uri(&v).map_err(|e| err(format!("-qmp: {}", e.0)))?);
+            }
+            "chardev" => {
+                let spec = ChardevSpec::parse(&value("chardev options")?)?;
+                if chardevs.iter().any(|c| c.id == spec.id) {
+                    return Err(err(format!("-chardev: duplicate chardev id '{}'", spec.id)));
+                }
+                chardevs.push(spec);
+            }
+            "device" => devices.push(parse_device(&value("device options")?)?),
+            "S" => start_paused = true,
+            // Display options have no meaning without a display; accepted for QEMU habits.
+            "nographic" | "nodefaults" => {}
+            "display" => {
+                let v = value("display type")?;
+                if v != "none" {
+                    return Err(err(format!("-display: only 'none' is supported, not '{v}'")));
+                }
+            }
+            "kernel" | "initrd" | "append" | "m" | "smp" | "serial" | "enable-kvm" | "cpu" => {
+                return Err(err(format!(
+                    "-{opt}: needs a KVM machine, which this build does not have yet (only -machine none)"
+                )))
+            }
+            other => return Err(err(format!("unknown option '-{other}' (see --help)"))),
+        }
+    }
+    let machine =
+        machine.ok_or_else(|| err("-machine: required; this build supports '-machine none'"))?;
+    let cfg = Config {
+        machine,
+        name,
+        qmp,
+        chardevs,
+        devices,
+        start_paused,
+    };
+    validate(&cfg)?;
+    Ok(Action::Run(Box::new(cfg)))
+}
+
+fn validate(cfg: &Config) -> Result<(), OptsError> {
+    let mut names = Vec::new();
+    for d in &cfg.devices {
+        if let DeviceSpec::Port { chardev, name, .. } = d {
+            if !cfg.chardevs.iter().any(|c| &c.id == chardev) {
+                return Err(err(format!("-device: chardev '{chardev}' does not exist")));
+            }
+            if let Some(n) = name {
+                if names.contains(n) {
+                    return Err(err(format!("-device: two ports are named '{n}'")));
+                }
+                names.push(n.clone());
+            }
+        }
+    }
+    if !cfg.devices.is_empty() && cfg.machine == MachineKind::None {
+        return Err(err(
+            "-device: '-machine none' has no bus for devices; virtio-serial needs a KVM machine",
+        ));
+    }
+    for c in &cfg.chardevs {
+        if let chardev::Backend::QmpProxy { path: None, .. } = c.backend {
+            return Err(err(format!(
+                "-chardev qmp_proxy,id={}: without a guest, give path=AGENT_SOCKET (a host-side agent)",
+                c.id
+            )));
+        }
+    }
+    let proxies = cfg
+        .chardevs
+        .iter()
+        .filter(|c| matches!(c.backend, chardev::Backend::QmpProxy { .. }))
+        .count();
+    if proxies > 1 {
+        return Err(err(
+            "-chardev qmp_proxy: only one agent channel per VM is supported",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Action, OptsError> {
+        parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn seed_command_line() {
+        let a = p("-machine none -name test -qmp unix:/tmp/qmp.sock,server=on,wait=off -chardev qmp_proxy,id=qga0,path=/tmp/agent.sock").unwrap();
+        let Action::Run(c) = a else { panic!() };
+        assert_eq!(c.machine, MachineKind::None);
+        assert_eq!(c.name.as_deref(), Some("test"));
+        assert_eq!(c.qmp.len(), 1);
+        assert_eq!(c.chardevs[0].id, "qga0");
+    }
+
+    #[test]
+    fn long_spellings_and_inline_values() {
+        assert!(matches!(
+            p("--machine=none --name=x").unwrap(),
+            Action::Run(_)
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        assert!(p("-machine pc").unwrap_err().0.contains("-machine"));
+        assert!(p("-machine none -bogus").unwrap_err().0.contains("-bogus"));
+        assert!(p("-machine none -qmp").unwrap_err().0.contains("-qmp"));
+        assert!(p("-machine none -qmp unix:/x,bad=1")
+            .unwrap_err()
+            .0
+            .contains("'bad'"));
+        assert!(p("-name x").unwrap_err().0.contains("-machine"));
+        assert!(p("-machine none -chardev qmp_proxy,id=q")
+            .unwrap_err()
+            .0
+            .contains("path="));
+        assert!(p("-machine none -chardev null,id=a -chardev null,id=a")
+            .unwrap_err()
+            .0
+            .contains("duplicate"));
+        assert!(p("-machine none -device virtserialport,chardev=nope")
+            .unwrap_err()
+            .0
+            .contains("'nope'"));
+        assert!(p("-machine none -kernel /x")
+            .unwrap_err()
+            .0
+            .contains("-kernel"));
+    }
+}
