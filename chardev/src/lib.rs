@@ -130,6 +130,8 @@ struct Inner {
     registered: Vec<(RawFd, EventSet)>,
     input_paused: bool,
     created_path: Option<PathBuf>,
+    /// Connections that ended, dropped once they are no longer registered with epoll.
+    closed: Vec<Stream>,
 }
 
 /// A handle to one chardev; cheap to clone.
@@ -219,14 +221,6 @@ impl Chardev {
                                 .map_err(|e| io_err(&id, format!("cannot listen on {a}"), e))?,
                         ),
                     };
-                    if s.wait {
-                        eprintln!(
-                            "vmm: chardev '{id}': waiting for a connection on {}",
-                            s.addr
-                        );
-                        let c = l.accept().map_err(|e| io_err(&id, "accept", e))?;
-                        st.conn = Some(c);
-                    }
                     match &l {
                         Listener::Unix(u) => u.set_nonblocking(true),
                         Listener::Tcp(t) => t.set_nonblocking(true),
@@ -269,8 +263,40 @@ impl Chardev {
                 registered: Vec::new(),
                 input_paused: false,
                 created_path,
+                closed: Vec::new(),
             })),
         })
+    }
+
+    /// For a listening socket with `wait=on`: blocks until a peer connects. Returns false when
+    /// `abort` (e.g. a signalfd) becomes readable first.
+    pub fn wait_for_peer(&self, abort: RawFd) -> io::Result<bool> {
+        let mut i = self.inner.borrow_mut();
+        let Kind::Socket(s) = &mut i.kind else {
+            return Ok(true);
+        };
+        let Some(l) = s.listener.as_ref().filter(|_| s.spec.server && s.spec.wait) else {
+            return Ok(true);
+        };
+        while s.conn.is_none() {
+            if !qmp::server::wait_readable(l.fd(), abort)? {
+                return Ok(false);
+            }
+            match l.accept() {
+                Ok(c) => {
+                    c.set_nonblocking(true)?;
+                    s.conn = Some(c);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// True for a listening socket with `wait=on`.
+    pub fn waits_for_peer(&self) -> bool {
+        matches!(&self.inner.borrow().kind, Kind::Socket(s) if s.spec.server && s.spec.wait)
     }
 
     /// The chardev's id.
@@ -506,6 +532,7 @@ impl Chardev {
                 i.registered.push((fd, set));
             }
         }
+        i.closed.clear();
         for (fd, set) in want {
             match i.registered.iter_mut().find(|(f, _)| *f == fd) {
                 Some((_, cur)) if *cur == set => {}
@@ -632,7 +659,8 @@ impl Chardev {
                     }
                     if closed {
                         log::info!("chardev '{}': peer disconnected", i.id);
-                        s.conn = None;
+                        // Kept open until its epoll registration is removed (update_interest).
+                        i.closed.extend(s.conn.take());
                         i.out.clear();
                         i.out_pos = 0;
                         if let Some(d) = s.spec.reconnect {

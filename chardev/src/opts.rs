@@ -158,9 +158,10 @@ fn socket_spec(
     o: &mut Opts,
     addr: SocketAddr,
     server_default: bool,
+    wait_default: bool,
 ) -> Result<SocketSpec, OptsError> {
     let server = o.take_bool("server")?.unwrap_or(server_default);
-    let mut wait = o.take_bool("wait")?.unwrap_or(server);
+    let mut wait = o.take_bool("wait")?.unwrap_or(wait_default);
     if o.take_bool("nowait")? == Some(true) {
         wait = false;
     }
@@ -225,7 +226,7 @@ impl ChardevSpec {
                         ))
                     }
                 };
-                Backend::Socket(socket_spec(&mut o, addr, false)?)
+                Backend::Socket(socket_spec(&mut o, addr, false, true)?)
             }
             "file" => {
                 let path = o
@@ -281,8 +282,9 @@ impl ChardevSpec {
 }
 
 /// Parses a QEMU socket address as `-qmp`/`-monitor` take it: `unix:PATH[,opts]`,
-/// `tcp:[HOST]:PORT[,opts]`, or a bare path. Listening is the default there (QEMU requires
-/// `server` spelled out; we default to it, since a monitor nobody can reach is useless).
+/// `tcp:[HOST]:PORT[,opts]`, or a bare path. Listening without waiting is the default there
+/// (QEMU wants `server` spelled out and then waits; a monitor should neither be unreachable nor
+/// hold up start-up unless asked with `wait=on`).
 pub fn parse_socket_uri(s: &str) -> Result<SocketSpec, OptsError> {
     let mut o = Opts::parse(s, true)?;
     let head = o
@@ -309,7 +311,7 @@ pub fn parse_socket_uri(s: &str) -> Result<SocketSpec, OptsError> {
             "'{s}': expected unix:PATH or tcp:HOST:PORT"
         )));
     };
-    let spec = socket_spec(&mut o, addr, true)?;
+    let spec = socket_spec(&mut o, addr, true, false)?;
     o.finish(s)?;
     Ok(spec)
 }

@@ -260,29 +260,19 @@ impl Monitor {
     }
 
     /// Blocks until one client connects to the last listener added (QEMU's `wait=on`).
-    pub fn wait_for_client(&mut self) -> io::Result<()> {
+    /// Returns false, connecting nobody, when `abort` (e.g. a signalfd) becomes readable first.
+    pub fn wait_for_client(&mut self, abort: RawFd) -> io::Result<bool> {
         let Some((l, _)) = self.listeners.last() else {
-            return Ok(());
+            return Ok(true);
         };
         loop {
-            let mut pfd = libc::pollfd {
-                fd: l.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: `pfd` is a valid, exclusively borrowed pollfd array of length 1.
-            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            if !wait_readable(l.fd(), abort)? {
+                return Ok(false);
             }
             match l.accept() {
                 Ok(s) => {
                     self.early.push(s);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -672,5 +662,38 @@ impl MutEventSubscriber for Monitor {
         }
         // Replies produced synchronously (e.g. by the machine) go out in this same wakeup.
         self.deliver_outgoing(Some(ops));
+    }
+}
+
+/// Waits until `fd` is readable (true) or `abort` is (false).
+pub fn wait_readable(fd: RawFd, abort: RawFd) -> io::Result<bool> {
+    loop {
+        let mut pfds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: abort,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `pfds` is a valid, exclusively borrowed array of 2 pollfds.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if pfds[1].revents != 0 {
+            return Ok(false);
+        }
+        if pfds[0].revents != 0 {
+            return Ok(true);
+        }
     }
 }

@@ -106,9 +106,11 @@ fn parse_device(s: &str) -> Result<DeviceSpec, OptsError> {
                 id: o.take_str("id")?,
             }
         }
-        other => return Err(err(format!(
+        other => {
+            return Err(err(format!(
             "-device: unknown driver '{other}' (known: virtio-serial, virtserialport, virtconsole)"
-        ))),
+        )))
+        }
     };
     o.finish(&format!("-device {driver}"))?;
     Ok(d)

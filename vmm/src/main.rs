@@ -8,6 +8,7 @@ use chardev::{Backend, Chardev};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use qmp::{Monitor, MonitorHandle, QmpProxy};
 use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
@@ -95,6 +96,21 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
             }
             _ => Chardev::new(spec).map_err(|e| e.to_string())?,
         };
+        if cd.waits_for_peer() {
+            eprintln!(
+                "vmm: chardev '{}': waiting for a connection on {}",
+                spec.id,
+                cd.filename()
+            );
+            if !cd
+                .wait_for_peer(sigs.as_raw_fd())
+                .map_err(|e| format!("chardev '{}': {e}", spec.id))?
+            {
+                cd.cleanup();
+                cleanup_chardevs(&chardevs.borrow());
+                return Ok(());
+            }
+        }
         if let Some(sub) = cd.subscriber() {
             em.add_subscriber(sub);
         }
@@ -116,9 +132,14 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
                 .map_err(|e| format!("-qmp {}: {e}", q.addr))?;
             if q.wait {
                 eprintln!("vmm: waiting for a QMP client on {}", q.addr);
-                monitor
-                    .wait_for_client()
+                let connected = monitor
+                    .wait_for_client(sigs.as_raw_fd())
                     .map_err(|e| format!("-qmp {}: {e}", q.addr))?;
+                if !connected {
+                    monitor.cleanup();
+                    cleanup_chardevs(&chardevs.borrow());
+                    return Ok(());
+                }
             }
         } else {
             monitor
@@ -145,8 +166,12 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
     let mut m = monitor.borrow_mut();
     m.flush_before_exit(Duration::from_secs(1));
     m.cleanup();
-    for c in chardevs.borrow().iter() {
+    cleanup_chardevs(&chardevs.borrow());
+    result
+}
+
+fn cleanup_chardevs(cds: &[Chardev]) {
+    for c in cds {
         c.cleanup();
     }
-    result
 }

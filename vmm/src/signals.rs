@@ -12,6 +12,12 @@ use crate::machine::VmState;
 /// A signalfd for a set of signals, which are blocked for normal delivery.
 pub struct SignalFd(File);
 
+impl AsRawFd for SignalFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 impl SignalFd {
     pub fn new(signals: &[libc::c_int]) -> io::Result<SignalFd> {
         // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.

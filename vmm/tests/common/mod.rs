@@ -1,0 +1,217 @@
+//! Shared test fixtures: the real `vmm` binary, Debian's real `qemu-ga`, QMP clients over real sockets.
+#![allow(dead_code)]
+
+use qmp::client::QmpClient;
+use qmp::SocketAddr;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const QEMU_GA: &str = "/usr/sbin/qemu-ga";
+
+/// Fails loudly (never skips silently) when the oracle agent is missing.
+pub fn require_qemu_ga() {
+    assert!(
+        Path::new(QEMU_GA).exists(),
+        "{QEMU_GA} is not installed: run scripts/setup.sh (it installs qemu-guest-agent)"
+    );
+}
+
+pub fn wait_for_path(p: &Path, limit: Duration) {
+    let t = Instant::now();
+    while !p.exists() {
+        assert!(
+            t.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `sig` and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32, limit: Duration) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.wait(limit)
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "{} did not exit within {limit:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts Debian's qemu-ga listening on `sock`, with its own state dir under `dir`.
+pub fn start_qemu_ga(dir: &Path, sock: &Path) -> Proc {
+    require_qemu_ga();
+    let state = dir.join(format!(
+        "qga-state-{}",
+        sock.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&state).unwrap();
+    let _ = std::fs::remove_file(sock);
+    let child = Command::new(QEMU_GA)
+        .arg("-m")
+        .arg("unix-listen")
+        .arg("-p")
+        .arg(sock)
+        .arg("-t")
+        .arg(&state)
+        .arg("-f")
+        .arg(state.join("qga.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu-ga");
+    wait_for_path(sock, Duration::from_secs(10));
+    Proc {
+        child,
+        name: "qemu-ga",
+    }
+}
+
+/// A running `vmm` with its monitor socket.
+pub struct Vmm {
+    pub proc: Proc,
+    pub qmp: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Vmm {
+    /// Starts `vmm -machine none -qmp unix:DIR/qmp.sock,server=on,wait=off` plus `extra`.
+    pub fn start(dir: &Path, extra: &[&str]) -> Vmm {
+        let qmp = dir.join("qmp.sock");
+        let log = dir.join("vmm.log");
+        let mut args: Vec<String> = vec![
+            "-machine".into(),
+            "none".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qmp.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start vmm");
+        wait_for_path(&qmp, Duration::from_secs(10));
+        Vmm {
+            proc: Proc { child, name: "vmm" },
+            qmp,
+            log,
+        }
+    }
+
+    /// Starts a vmm whose proxy talks to the agent on `agent` with `timeout` seconds.
+    pub fn with_agent(dir: &Path, agent: &Path, timeout: &str) -> Vmm {
+        let cd = format!(
+            "qmp_proxy,id=qga0,path={},timeout={timeout}",
+            agent.display()
+        );
+        Vmm::start(dir, &["-name", "test", "-chardev", &cd])
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::Unix(self.qmp.clone())
+    }
+
+    pub fn client(&self) -> QmpClient {
+        QmpClient::connect(&self.addr()).expect("QMP connect")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Waits until guest commands through `c` succeed (the proxy has synced with the agent).
+pub fn wait_agent_up(c: &mut QmpClient, limit: Duration) {
+    let t = Instant::now();
+    loop {
+        match c.execute("guest-ping", Value::Null).unwrap() {
+            Ok(_) => return,
+            Err(e) => assert!(t.elapsed() < limit, "agent not up within {limit:?}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a raw request and returns the whole reply.
+pub fn raw(c: &mut QmpClient, req: Value) -> Value {
+    c.send(&req).unwrap();
+    c.next_reply().unwrap()
+}
+
+pub fn guest(c: &mut QmpClient, cmd: &str, args: Value) -> Value {
+    let mut req = json!({"execute": cmd});
+    if !args.is_null() {
+        req["arguments"] = args;
+    }
+    raw(c, req)
+}
+
+/// Waits until `p` exists (without connecting to it).
+pub fn wait_for_file(p: &Path, limit: Duration) {
+    let t = Instant::now();
+    while !p.exists() {
+        assert!(
+            t.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
