@@ -1,0 +1,41 @@
+//! QEMU's own Python QMP client (`qemu.qmp` from PyPI, installed into `.venv` by
+//! scripts/setup.sh) against the real `vmm`, with Debian's qemu-ga behind the proxy.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn venv_python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = root.join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/setup.sh (it creates the venv with qemu.qmp)",
+        py.display()
+    );
+    py
+}
+
+#[test]
+fn qemu_qmp_client_works_unmodified() {
+    let py = venv_python();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let _ga = start_qemu_ga(dir.path(), &sock);
+    let mut vmm = Vmm::with_agent(dir.path(), &sock, "10");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/qemu_qmp_client.py");
+    let out = Command::new(py).arg(script).arg(&vmm.qmp).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "qemu.qmp client failed:\n{stdout}\n{stderr}\nvmm log:\n{}",
+        vmm.log_text()
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    // The client ended with `quit`.
+    assert!(vmm.proc.wait(Duration::from_secs(5)).success());
+}
