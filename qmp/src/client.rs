@@ -128,6 +128,21 @@ impl QmpClient {
         }
     }
 
+    /// The next event, waiting as long as it takes (replies arriving meanwhile are dropped).
+    pub fn next_event(&mut self) -> io::Result<Value> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        loop {
+            match self.next_message() {
+                Ok(m) if m.get("event").is_some() => return Ok(m),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Events received so far and not yet taken.
     pub fn take_events(&mut self) -> Vec<Value> {
         self.events.drain(..).collect()

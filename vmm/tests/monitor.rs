@@ -407,3 +407,31 @@ fn wait_on_holds_start_up_and_a_signal_ends_the_wait() {
         .success());
     assert!(!qmp.exists());
 }
+
+#[test]
+fn vmctl_runs_commands_readably() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = Vmm::start(dir.path(), &["-name", "demo", "-chardev", "ringbuf,id=rb"]);
+    let vmctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
+            .arg("-s")
+            .arg(&vmm.qmp)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = vmctl(&["query-name"]);
+    assert!(ok && out.contains("\"demo\""), "{out}");
+    let (ok, _) = vmctl(&["ringbuf-write", "device=rb", "data=hello"]);
+    assert!(ok);
+    let (ok, out) = vmctl(&["ringbuf-read", "device=rb", "size=100"]);
+    assert!(ok);
+    assert_eq!(out, "hello\n");
+    let (ok, out) = vmctl(&["no-such-thing"]);
+    assert!(!ok);
+    assert!(out.starts_with("error: CommandNotFound"), "{out}");
+}
