@@ -215,6 +215,20 @@ impl Vring {
         Some(head)
     }
 
+    /// Post a hand-made chain (hostile tests): descriptors `(addr, len, flags, next)` where
+    /// `next` is a position in `descs` (or, past its end, a raw descriptor index).
+    pub fn add_raw(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16, usize)]) -> u16 {
+        let ids: Vec<u16> = (0..descs.len()).map(|_| self.free.pop().unwrap()).collect();
+        for (&(addr, len, flags, next), &id) in descs.iter().zip(&ids) {
+            let next = ids.get(next).copied().unwrap_or(next as u16);
+            self.write_desc(mem, id, addr, len, flags, next);
+        }
+        let head = ids[0];
+        self.inflight.insert(head, (ids, Vec::new()));
+        self.publish(mem, head);
+        head
+    }
+
     /// Linux's `virtqueue_kick_prepare`: does the device want a notification?
     pub fn kick_needed(&mut self, mem: &GuestMemoryMmap) -> bool {
         fence(Ordering::SeqCst);
@@ -300,6 +314,8 @@ pub struct ProbeOpts {
     pub rx_buf: u32,
     /// Receive buffers posted per port (≤ queue size).
     pub rx_count: usize,
+    /// Post control receive buffers (Linux does; a hostile guest may not).
+    pub control_rx: bool,
 }
 
 impl Default for ProbeOpts {
@@ -310,6 +326,7 @@ impl Default for ProbeOpts {
             rx_segs: 1,
             rx_buf: PAGE,
             rx_count: 64,
+            control_rx: true,
         }
     }
 }
@@ -447,7 +464,17 @@ impl Guest {
         }
         // Fill the control receive queue, then DEVICE_READY.
         let n = self.vqs[&CONTROL_RX_QUEUE].size as usize;
+        self.fill_control(if opts.control_rx { n } else { 0 });
+        self.send_control(BAD_ID, Event::DeviceReady, 1);
+        self.pump();
+    }
+
+    /// Post `n` 4 KiB control receive buffers.
+    pub fn fill_control(&mut self, n: usize) {
         for _ in 0..n {
+            if self.vqs[&CONTROL_RX_QUEUE].free_count() == 0 {
+                break;
+            }
             let a = self.alloc.take(u64::from(PAGE), 8);
             self.vqs
                 .get_mut(&CONTROL_RX_QUEUE)
@@ -456,8 +483,6 @@ impl Guest {
                 .unwrap();
         }
         self.kick(CONTROL_RX_QUEUE);
-        self.send_control(BAD_ID, Event::DeviceReady, 1);
-        self.pump();
     }
 
     pub fn config_u32(&mut self, off: u64) -> u32 {
