@@ -50,12 +50,14 @@ pub(crate) enum Popped {
     Bad(u16, ChainError),
 }
 
-/// Take the next available chain of `queue` and validate it for `writable` use.
+/// Take the next available chain of `queue` and validate it for `writable` use. `segs` is
+/// recycled storage for the segment list (cleared here).
 pub(crate) fn pop<M: GuestMemory>(
     queue: &mut Queue,
     index: u16,
     mem: &M,
     writable: bool,
+    mut segs: Vec<(GuestAddress, u32)>,
 ) -> Result<Popped, DeviceError> {
     let chain = {
         let mut iter = queue.iter(mem).map_err(|source| DeviceError::AvailRing {
@@ -68,7 +70,7 @@ pub(crate) fn pop<M: GuestMemory>(
         }
     };
     let head = chain.head_index();
-    let mut segs = Vec::new();
+    segs.clear();
     let mut len = 0u64;
     let mut count = 0usize;
     let mut last_has_next = false;

@@ -148,7 +148,8 @@ pub struct Console {
     driver_ready: bool,
     /// Control messages waiting for control receive buffers.
     control_out: VecDeque<Vec<u8>>,
-    activated: bool,
+    /// Look at every queue at the next `process` (set at DRIVER_OK).
+    rescan: bool,
     warn: LogOnce,
 }
 
@@ -169,7 +170,7 @@ impl Console {
             ports: BTreeMap::new(),
             driver_ready: false,
             control_out: VecDeque::new(),
-            activated: false,
+            rescan: false,
             warn: LogOnce::default(),
         })
     }
@@ -249,6 +250,8 @@ impl Console {
         }
         port.host_connected = connected;
         if !connected {
+            // Finish (discard) a guest buffer in progress at the next `process`.
+            port.tx_kick = true;
             port.drop_staged();
             port.to_guest.clear();
             port.to_guest_was_full = false;
@@ -266,6 +269,7 @@ impl Console {
     pub fn port_drained(&mut self, id: u32) {
         if let Some(p) = self.ports.get_mut(&id) {
             p.throttled = false;
+            p.tx_kick = true;
         }
     }
 
@@ -435,6 +439,7 @@ impl Console {
         let mem = io.mem;
         let mut used = false;
         let mut handled = 0;
+        let mut spare = Vec::new();
         loop {
             let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
                 return Ok(());
@@ -443,7 +448,7 @@ impl Console {
                 break;
             }
             handled += 1;
-            match queue_io::pop(q, qi, mem, false)? {
+            match queue_io::pop(q, qi, mem, false, std::mem::take(&mut spare))? {
                 Popped::None => {
                     if queue_io::rearm(q, qi, mem)? {
                         continue;
@@ -460,6 +465,7 @@ impl Console {
                     let n = queue_io::read_at(mem, &b, 0, &mut hdr).unwrap_or(0);
                     queue_io::add_used(q, qi, mem, b.head, 0)?;
                     used = true;
+                    spare = b.segs;
                     match ControlHeader::parse(&hdr[..n]) {
                         Some(h) => self.handle_control(h),
                         None => self.warn.warn(
@@ -481,6 +487,7 @@ impl Console {
         let mem = io.mem;
         let mut used = false;
         let mut handled = 0;
+        let mut spare = Vec::new();
         while let Some(msg) = self.control_out.front() {
             let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
                 return Ok(());
@@ -489,7 +496,7 @@ impl Console {
                 break;
             }
             handled += 1;
-            match queue_io::pop(q, qi, mem, true)? {
+            match queue_io::pop(q, qi, mem, true, std::mem::take(&mut spare))? {
                 Popped::None => {
                     if queue_io::rearm(q, qi, mem)? {
                         continue;
@@ -507,6 +514,7 @@ impl Console {
                     // n <= buffer length <= u32::MAX
                     queue_io::add_used(q, qi, mem, b.head, n as u32)?;
                     used = true;
+                    spare = b.segs;
                     self.control_out.pop_front();
                     if short {
                         self.warn.warn(
@@ -537,6 +545,7 @@ impl Console {
         let mut orphan: Option<TxCursor> = None;
         let mut used = false;
         let mut handled = 0;
+        let mut spare = Vec::new();
         loop {
             // 1. Offer staged bytes to the backend.
             if let Some(p) = port.as_deref_mut() {
@@ -599,7 +608,9 @@ impl Console {
                     continue;
                 }
                 let head = cur.buf.head;
-                *cursor = None;
+                if let Some(done) = cursor.take() {
+                    spare = done.buf.segs;
+                }
                 queue_io::add_used(q, qi, mem, head, 0)?;
                 used = true;
                 continue;
@@ -609,7 +620,7 @@ impl Console {
                 break;
             }
             handled += 1;
-            match queue_io::pop(q, qi, mem, false)? {
+            match queue_io::pop(q, qi, mem, false, std::mem::take(&mut spare))? {
                 Popped::None => {
                     if queue_io::rearm(q, qi, mem)? {
                         continue;
@@ -646,10 +657,11 @@ impl Console {
         };
         let mut used = false;
         let mut handled = 0;
+        let mut spare = Vec::new();
         let mut bad = None;
         while !port.to_guest.is_empty() && handled < MAX_CHAINS_PER_CALL {
             handled += 1;
-            match queue_io::pop(q, qi, mem, true)? {
+            match queue_io::pop(q, qi, mem, true, std::mem::take(&mut spare))? {
                 Popped::None => {
                     if queue_io::rearm(q, qi, mem)? {
                         continue;
@@ -673,6 +685,7 @@ impl Console {
                     // n <= buffer length <= u32::MAX
                     queue_io::add_used(q, qi, mem, b.head, n as u32)?;
                     used = true;
+                    spare = b.segs;
                 }
             }
         }
@@ -684,15 +697,6 @@ impl Console {
             bad_chain(&mut self.warn, qi, e);
         }
         interrupt(q, qi, mem, io.irq, used)
-    }
-
-    /// Ports the driver may use: all with MULTIPORT, else only port 0.
-    fn active_port_ids(&self) -> Vec<u32> {
-        if self.multiport() {
-            self.ports.keys().copied().collect()
-        } else {
-            self.ports.keys().copied().filter(|&id| id == 0).collect()
-        }
     }
 }
 
@@ -796,7 +800,7 @@ impl VirtioDevice for Console {
     }
 
     fn activate(&mut self) {
-        self.activated = true;
+        self.rescan = true;
         if !self.multiport() {
             // Without MULTIPORT port 0 is a console that is always open.
             if let Some(p) = self.ports.get_mut(&0) {
@@ -816,7 +820,8 @@ impl VirtioDevice for Console {
             Some(Role::PortTx(id)) => self.port_tx(io, id),
             Some(Role::ControlRx) => self.control_rx(io),
             Some(Role::ControlTx) => {
-                // Control messages change port state: do everything that may follow.
+                // Control messages change port state: do the work that may follow.
+                self.control_tx(io)?;
                 self.process(io)
             }
             None => Ok(()),
@@ -827,14 +832,25 @@ impl VirtioDevice for Console {
         &mut self,
         io: &mut DeviceIo<'_, M, Q>,
     ) -> Result<(), DeviceError> {
-        if self.multiport() {
+        // Only what host-side calls made pending, unless a full scan was asked for (at
+        // DRIVER_OK, when buffers may have been posted before).
+        let full = std::mem::take(&mut self.rescan);
+        let multiport = self.multiport();
+        if multiport && full {
             self.control_tx(io)?;
         }
-        for id in self.active_port_ids() {
-            self.port_tx(io, id)?;
-            self.port_rx(io, id)?;
+        let mut next = self.ports.keys().next().copied();
+        while let Some(id) = next {
+            if multiport || id == 0 {
+                let port = self.ports.get_mut(&id).expect("listed port");
+                if full || std::mem::take(&mut port.tx_kick) {
+                    self.port_tx(io, id)?;
+                }
+                self.port_rx(io, id)?;
+            }
+            next = self.ports.range(id + 1..).next().map(|(&k, _)| k);
         }
-        if self.multiport() {
+        if multiport {
             self.control_rx(io)?;
         }
         Ok(())
@@ -850,7 +866,7 @@ impl VirtioDevice for Console {
         self.acked = 0;
         self.driver_ready = false;
         self.control_out.clear();
-        self.activated = false;
+        self.rescan = false;
         self.warn.clear();
     }
 }

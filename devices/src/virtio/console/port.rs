@@ -112,6 +112,8 @@ pub(crate) struct Port {
     pub staged_pos: usize,
     /// The backend took fewer bytes than offered; wait for `port_drained`.
     pub throttled: bool,
+    /// Look at the transmit queue at the next `process` (throttle lifted, host gone).
+    pub tx_kick: bool,
 }
 
 impl Port {
@@ -129,6 +131,7 @@ impl Port {
             staged_len: 0,
             staged_pos: 0,
             throttled: false,
+            tx_kick: false,
         }
     }
 
