@@ -79,7 +79,7 @@ fn guest_to_host(size: u32, secs: f64) -> Rate {
     let q = tx_queue_index(1);
     let bufs: Vec<GuestAddress> = (0..BUFFERS)
         .map(|i| {
-            let a = g.alloc.take(u64::from(size), 64);
+            let a = g.alloc.take(u64::from(size), 4096);
             g.mem.write_slice(&vec![i as u8; size as usize], a).unwrap();
             a
         })
@@ -131,7 +131,10 @@ fn host_to_guest(size: u32, rx_buf: u32, rx_count: usize, secs: f64) -> Rate {
         let mut off = 0;
         while off < chunk.len() {
             let t = Instant::now();
-            let n = g.dev.with_device(|c| c.port_write(1, &chunk[off..]));
+            let n = g
+                .dev
+                .with_device_io(|c, io| c.port_write_io(io, 1, &chunk[off..]))
+                .unwrap();
             in_device += t.elapsed();
             off += n;
             bytes += n as u64;

@@ -573,3 +573,45 @@ fn two_ports_do_not_mix() {
     g.host(|c| c.port_drained(2));
     assert_eq!(b.received(), b"to b");
 }
+
+#[test]
+fn direct_host_write_keeps_order_and_falls_back_to_buffer() {
+    let (mut g, _, _) = two_ports();
+    // Before the driver is up: no queue access, bytes are buffered.
+    assert_eq!(
+        g.dev
+            .with_device_io(|c, io| c.port_write_io(io, 1, b"early:")),
+        Some(6)
+    );
+    g.probe(ProbeOpts {
+        rx_count: 3,
+        ..Default::default()
+    });
+    g.set_open(1, true);
+    assert_eq!(g.read(1), b"early:");
+    // Three 4 KiB receive buffers are posted again: 12288 bytes go straight in, the rest
+    // is buffered, and a later write queues behind it.
+    let data = pattern(20_000, 5);
+    assert_eq!(
+        g.dev.with_device_io(|c, io| c.port_write_io(io, 1, &data)),
+        Some(20_000)
+    );
+    assert_eq!(g.dev.device().port_pending(1), Some(20_000 - 3 * 4096));
+    assert_eq!(
+        g.dev
+            .with_device_io(|c, io| c.port_write_io(io, 1, b"tail")),
+        Some(4)
+    );
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(g.read(1));
+    }
+    let mut want = data.clone();
+    want.extend_from_slice(b"tail");
+    assert_eq!(got, want);
+    // Unknown port: nothing accepted.
+    assert_eq!(
+        g.dev.with_device_io(|c, io| c.port_write_io(io, 3, b"x")),
+        Some(0)
+    );
+}

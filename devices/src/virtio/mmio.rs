@@ -157,6 +157,37 @@ impl<D: VirtioDevice, M: GuestMemory, T: Trigger> MmioTransport<D, M, T> {
         r
     }
 
+    /// Run `f` on the device with queue access (`None` while the queues may not be used,
+    /// before `FEATURES_OK` or after a failure), then let it do the pending work. If `f`
+    /// fails the device is marked `DEVICE_NEEDS_RESET` and `None` is returned.
+    ///
+    /// For the console: `t.with_device_io(|c, io| c.port_write_io(io, port, bytes))`.
+    pub fn with_device_io<R>(
+        &mut self,
+        f: impl FnOnce(&mut D, Option<&mut DeviceIo<'_, M, Vec<Queue>>>) -> Result<R, DeviceError>,
+    ) -> Option<R> {
+        let r = if self.live() {
+            let mut io = DeviceIo {
+                mem: &self.mem,
+                queues: &mut self.queues,
+                irq: &self.irq,
+            };
+            f(&mut self.device, Some(&mut io))
+        } else {
+            f(&mut self.device, None)
+        };
+        match r {
+            Ok(v) => {
+                self.process();
+                Some(v)
+            }
+            Err(e) => {
+                self.needs_reset(e);
+                None
+            }
+        }
+    }
+
     /// The device status register.
     pub fn status(&self) -> u32 {
         self.status

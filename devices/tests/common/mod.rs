@@ -561,7 +561,7 @@ impl Guest {
                     } else {
                         per
                     };
-                    (self.alloc.take(u64::from(l), 8), l, true)
+                    (self.alloc.take(u64::from(l), 4096), l, true)
                 })
                 .collect();
             self.vqs
@@ -697,7 +697,7 @@ impl Guest {
             return self.tx_pool.swap_remove(i).0;
         }
         let cap = len.max(PAGE);
-        let a = self.alloc.take(u64::from(cap), 8);
+        let a = self.alloc.take(u64::from(cap), 4096);
         // Remember the capacity through the pool when it comes back.
         self.tx_caps.insert(a.0, cap);
         a
