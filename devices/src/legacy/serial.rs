@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialEvents};
 use vm_superio::{Serial, Trigger};
 
 use crate::bus::BusDevice;
@@ -14,16 +14,27 @@ pub const COM1_IRQ: u32 = 4;
 /// Ports a UART decodes.
 pub const SERIAL_PORT_LEN: u64 = 8;
 
-/// A UART whose interrupt is a [`Trigger`] and whose output goes to `W`.
-pub struct SerialDevice<T: Trigger, W: Write> {
-    serial: Serial<T, NoEvents, W>,
+/// A UART whose interrupt is a [`Trigger`] and whose output goes to `W`. `EV` receives
+/// vm-superio's events; `in_buffer_empty` tells the host it can enqueue more input.
+pub struct SerialDevice<T: Trigger, W: Write, EV: SerialEvents = NoEvents> {
+    serial: Serial<T, EV, W>,
 }
 
-impl<T: Trigger, W: Write> SerialDevice<T, W> {
+impl<T: Trigger, W: Write> SerialDevice<T, W, NoEvents> {
     /// A UART raising `irq` and writing guest output to `out`.
     pub fn new(irq: T, out: W) -> Self {
         SerialDevice {
             serial: Serial::new(irq, out),
+        }
+    }
+}
+
+impl<T: Trigger, W: Write, EV: SerialEvents> SerialDevice<T, W, EV> {
+    /// Like [`SerialDevice::new`], with an event sink (e.g. to learn when the guest emptied the
+    /// input FIFO and more host input can be enqueued).
+    pub fn with_events(irq: T, events: EV, out: W) -> Self {
+        SerialDevice {
+            serial: Serial::with_events(irq, events, out),
         }
     }
 
@@ -55,7 +66,9 @@ impl<T: Trigger, W: Write> SerialDevice<T, W> {
     }
 }
 
-impl<T: Trigger + Send, W: Write + Send> BusDevice for SerialDevice<T, W> {
+impl<T: Trigger + Send, W: Write + Send, EV: SerialEvents + Send> BusDevice
+    for SerialDevice<T, W, EV>
+{
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data) {
             (Ok(off), [b]) if u64::from(off) < SERIAL_PORT_LEN => *b = self.serial.read(off),
@@ -114,6 +127,42 @@ mod tests {
         assert_eq!(b[0], b'o');
         BusDevice::read(&mut s, 0, &mut b);
         assert_eq!(b[0], b'k');
+    }
+
+    /// Counts `in_buffer_empty` events.
+    #[derive(Default)]
+    struct Drained(std::sync::atomic::AtomicUsize);
+    impl SerialEvents for Drained {
+        fn buffer_read(&self) {}
+        fn out_byte(&self) {}
+        fn tx_lost_byte(&self) {}
+        fn in_buffer_empty(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn input_fifo_drained_event() {
+        let mut s = SerialDevice::with_events(
+            EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            Drained::default(),
+            Vec::new(),
+        );
+        let big = [b'x'; 100];
+        assert_eq!(s.enqueue_input(&big), 64, "FIFO holds 64 bytes");
+        assert_eq!(s.enqueue_input(&big), 0);
+        let mut b = [0];
+        for _ in 0..64 {
+            BusDevice::read(&mut s, 0, &mut b);
+        }
+        assert!(
+            s.serial
+                .events()
+                .0
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 1
+        );
+        assert_eq!(s.input_capacity(), 64);
     }
 
     #[test]
