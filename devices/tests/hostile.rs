@@ -480,3 +480,78 @@ fn garbage_on_one_port_does_not_touch_another() {
     assert_eq!(got_guest, expect_guest);
     assert_port1_works(&mut g, &a);
 }
+
+/// Counts bytes, keeps none.
+struct Count(std::sync::Arc<std::sync::atomic::AtomicU64>);
+impl devices::virtio::console::PortBackend for Count {
+    fn write_to_host(&mut self, data: &[u8]) -> usize {
+        self.0
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        data.len()
+    }
+}
+
+#[test]
+fn huge_tx_chain_is_copied_in_bounded_steps() {
+    huge_chain(true);
+}
+
+#[test]
+fn huge_tx_chain_without_work_trigger_completes_in_the_call() {
+    huge_chain(false);
+}
+
+fn huge_chain(with_trigger: bool) {
+    use devices::legacy::EventFdTrigger;
+    use std::sync::atomic::Ordering::SeqCst;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut g = new_guest(
+        ConsoleConfig {
+            max_nr_ports: 2,
+            ..Default::default()
+        },
+        vec![],
+    );
+    g.dev
+        .device_mut()
+        .add_port(
+            PortConfig::serial(1, "sink"),
+            Box::new(Count(count.clone())),
+        )
+        .unwrap();
+    let work = EventFd::new(EFD_NONBLOCK).unwrap();
+    if with_trigger {
+        g.dev
+            .set_work_trigger(EventFdTrigger::new(work.try_clone().unwrap()));
+    }
+    g.probe(ProbeOpts::default());
+    g.set_open(1, true);
+    // 256 descriptors of 1 MiB, all the same guest MiB: a 256 MiB buffer.
+    let mib = g.alloc.take(1 << 20, 4096);
+    let descs: Vec<(u64, u32, u16, usize)> = (0..256)
+        .map(|i| (mib.0, 1 << 20, if i < 255 { F_NEXT } else { 0 }, i + 1))
+        .collect();
+    let q = tx_queue_index(1);
+    g.vqs.get_mut(&q).unwrap().add_raw(&g.mem, &descs);
+    g.notify(q);
+    if !with_trigger {
+        assert_eq!(count.load(SeqCst), 256 << 20);
+        assert!(!g.dev.has_pending_work());
+        return;
+    }
+    // One notification copies at most 16 MiB, then asks to be called again.
+    assert_eq!(count.load(SeqCst), 16 << 20);
+    assert!(g.dev.has_pending_work());
+    // The VMM's event loop: the work eventfd fired, call process().
+    let mut rounds = 1;
+    while work.read().is_ok() {
+        g.dev.process();
+        rounds += 1;
+    }
+    assert_eq!(rounds, 16);
+    assert_eq!(count.load(SeqCst), 256 << 20);
+    assert!(!g.dev.has_pending_work());
+    assert!(g.vqs.get_mut(&q).unwrap().get_used(&g.mem).is_some());
+}

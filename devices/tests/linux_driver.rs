@@ -615,3 +615,17 @@ fn direct_host_write_keeps_order_and_falls_back_to_buffer() {
         Some(0)
     );
 }
+
+#[test]
+fn old_kernels_handshake_before_driver_ok() {
+    let (mut g, _, agent) = two_ports();
+    g.probe(ProbeOpts {
+        driver_ok_late: true,
+        ..Default::default()
+    });
+    assert_eq!(g.status(), 0xf);
+    assert_eq!(g.ctrl_log.len(), 6, "handshake done before DRIVER_OK");
+    g.set_open(1, true);
+    assert!(g.write(1, b"ok", 1));
+    assert_eq!(agent.received(), b"ok");
+}

@@ -104,6 +104,7 @@ pub struct MmioTransport<D: VirtioDevice, M: GuestMemory, T: Trigger> {
     driver_features: u64,
     queue_sel: u32,
     config_generation: u32,
+    work: Option<T>,
     warn: LogOnce,
 }
 
@@ -135,6 +136,7 @@ impl<D: VirtioDevice, M: GuestMemory, T: Trigger> MmioTransport<D, M, T> {
             driver_features: 0,
             queue_sel: 0,
             config_generation: 0,
+            work: None,
             warn: LogOnce::default(),
         })
     }
@@ -234,10 +236,44 @@ impl<D: VirtioDevice, M: GuestMemory, T: Trigger> MmioTransport<D, M, T> {
         if let Err(e) = self.device.queue_notify(&mut io, index) {
             self.needs_reset(e);
         }
+        self.settle();
     }
 
-    /// Let the device do pending work (after host-side calls on [`MmioTransport::device_mut`]).
+    /// Fire `t` when the device stopped at a per-call bound with work left; the VMM then calls
+    /// [`MmioTransport::process`] from its event loop. Without it the transport finishes the
+    /// work before returning (which a hostile guest can make long).
+    pub fn set_work_trigger(&mut self, t: T) {
+        self.work = Some(t);
+    }
+
+    /// Whether the device has work left from a bounded call.
+    pub fn has_pending_work(&self) -> bool {
+        self.live() && self.device.has_pending_work()
+    }
+
+    fn settle(&mut self) {
+        if !self.has_pending_work() {
+            return;
+        }
+        if let Some(w) = &self.work {
+            if let Err(e) = w.trigger() {
+                log::error!("virtio-mmio: cannot signal pending work: {e:?}");
+            }
+            return;
+        }
+        while self.has_pending_work() {
+            self.process_once();
+        }
+    }
+
+    /// Let the device do pending work (after host-side calls on [`MmioTransport::device_mut`],
+    /// or when the work trigger fired).
     pub fn process(&mut self) {
+        self.process_once();
+        self.settle();
+    }
+
+    fn process_once(&mut self) {
         if !self.live() {
             return;
         }

@@ -137,6 +137,12 @@ pub trait VirtioDevice {
         &mut self,
         io: &mut DeviceIo<'_, M, Q>,
     ) -> Result<(), DeviceError>;
+    /// A per-call bound stopped the last `queue_notify`/`process` before all work was done:
+    /// the transport must call [`VirtioDevice::process`] again soon (not in a tight loop
+    /// inside one event-loop iteration, so other work gets its turn).
+    fn has_pending_work(&self) -> bool {
+        false
+    }
     /// Return to the initial state (the driver wrote 0 to the status register).
     fn reset(&mut self);
 }

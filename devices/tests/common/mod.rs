@@ -316,6 +316,8 @@ pub struct ProbeOpts {
     pub rx_count: usize,
     /// Post control receive buffers (Linux does; a hostile guest may not).
     pub control_rx: bool,
+    /// Set DRIVER_OK only after DEVICE_READY and the port handshake (Linux before 3.x did).
+    pub driver_ok_late: bool,
 }
 
 impl Default for ProbeOpts {
@@ -327,6 +329,7 @@ impl Default for ProbeOpts {
             rx_buf: PAGE,
             rx_count: 64,
             control_rx: true,
+            driver_ok_late: false,
         }
     }
 }
@@ -448,7 +451,9 @@ impl Guest {
         for q in 0..nq as u16 {
             self.setup_queue(q);
         }
-        self.wr(0x70, st | status::DRIVER_OK);
+        if !opts.driver_ok_late {
+            self.wr(0x70, st | status::DRIVER_OK);
+        }
         if !multiport {
             self.ports.insert(
                 0,
@@ -467,6 +472,10 @@ impl Guest {
         self.fill_control(if opts.control_rx { n } else { 0 });
         self.send_control(BAD_ID, Event::DeviceReady, 1);
         self.pump();
+        if opts.driver_ok_late {
+            self.wr(0x70, st | status::DRIVER_OK);
+            self.pump();
+        }
     }
 
     /// Post `n` 4 KiB control receive buffers.

@@ -44,8 +44,12 @@ pub const CONTROL_TX_QUEUE: u16 = 3;
 /// Bound on control messages waiting for the guest's control receive buffers.
 const MAX_PENDING_CONTROL: usize = 1024;
 /// Bound on buffers handled per queue per call, so a guest that keeps refilling a queue from
-/// another vCPU cannot hold the device thread forever.
-const MAX_CHAINS_PER_CALL: usize = 65536;
+/// another vCPU cannot hold the device thread; the rest is left as pending work
+/// ([`VirtioDevice::has_pending_work`]).
+const MAX_CHAINS_PER_CALL: usize = 1024;
+/// Bound on guest→host bytes copied per port per call (a chain may claim 4 GiB, made of the
+/// same guest page many times over); the rest is left as pending work.
+const TX_BYTES_PER_CALL: u64 = 16 << 20;
 
 /// Receive queue index of port `id`.
 pub fn rx_queue_index(id: u32) -> u16 {
@@ -150,6 +154,10 @@ pub struct Console {
     control_out: VecDeque<Vec<u8>>,
     /// Look at every queue at the next `process` (set at DRIVER_OK).
     rescan: bool,
+    /// Look at the control transmit queue at the next `process` (work left over).
+    control_kick: bool,
+    /// A bound stopped the last call before all work was done.
+    more_work: bool,
     warn: LogOnce,
 }
 
@@ -171,6 +179,8 @@ impl Console {
             driver_ready: false,
             control_out: VecDeque::new(),
             rescan: false,
+            control_kick: false,
+            more_work: false,
             warn: LogOnce::default(),
         })
     }
@@ -445,6 +455,8 @@ impl Console {
                 return Ok(());
             };
             if handled >= MAX_CHAINS_PER_CALL {
+                self.more_work = true;
+                self.control_kick = true;
                 break;
             }
             handled += 1;
@@ -493,6 +505,7 @@ impl Console {
                 return Ok(());
             };
             if handled >= MAX_CHAINS_PER_CALL {
+                self.more_work = true;
                 break;
             }
             handled += 1;
@@ -540,7 +553,9 @@ impl Console {
             return Ok(());
         };
         let warn = &mut self.warn;
+        let more_work = &mut self.more_work;
         let mut port = self.ports.get_mut(&id);
+        let mut budget = TX_BYTES_PER_CALL;
         // Buffers of a port that does not exist are consumed and discarded.
         let mut orphan: Option<TxCursor> = None;
         let mut used = false;
@@ -583,8 +598,16 @@ impl Console {
                     match staging {
                         None => cur.read = cur.buf.len,
                         Some((staged, staged_len)) => {
+                            if budget == 0 {
+                                *more_work = true;
+                                if let Some(p) = port.as_deref_mut() {
+                                    p.tx_kick = true;
+                                }
+                                break;
+                            }
                             // Bounded by TX_CHUNK.
                             let n = (cur.buf.len - cur.read).min(TX_CHUNK as u64) as usize;
+                            budget = budget.saturating_sub(n as u64);
                             if staged.len() < TX_CHUNK {
                                 staged.resize(TX_CHUNK, 0);
                             }
@@ -617,6 +640,10 @@ impl Console {
             }
             // 3. Take the next buffer.
             if handled >= MAX_CHAINS_PER_CALL {
+                *more_work = true;
+                if let Some(p) = port.as_deref_mut() {
+                    p.tx_kick = true;
+                }
                 break;
             }
             handled += 1;
@@ -655,7 +682,16 @@ impl Console {
             return Ok(());
         };
         let (a, c) = port.to_guest.as_slices();
-        let n = deliver(q, qi, io.mem, io.irq, &mut self.warn, a, c)?;
+        let n = deliver(
+            q,
+            qi,
+            io.mem,
+            io.irq,
+            &mut self.warn,
+            a,
+            c,
+            &mut self.more_work,
+        )?;
         port.to_guest.drain(..n);
         if port.to_guest_was_full && port.to_guest.len() < port.cfg.to_guest_capacity {
             port.to_guest_was_full = false;
@@ -680,7 +716,16 @@ impl Console {
             let qi = rx_queue_index(id);
             if port.to_guest.is_empty() && port.guest_open && (multiport || id == 0) {
                 if let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) {
-                    done = deliver(q, qi, io.mem, io.irq, &mut self.warn, data, &[])?;
+                    done = deliver(
+                        q,
+                        qi,
+                        io.mem,
+                        io.irq,
+                        &mut self.warn,
+                        data,
+                        &[],
+                        &mut self.more_work,
+                    )?;
                 }
             }
         }
@@ -689,7 +734,9 @@ impl Console {
 }
 
 /// Copy `a` then `c` into the receive buffers the driver posted on queue `qi`, as far as they
-/// go; returns the bytes delivered and interrupts the driver if it wants it.
+/// go; returns the bytes delivered and interrupts the driver if it wants it. Sets `more_work`
+/// if the per-call bound stopped it.
+#[allow(clippy::too_many_arguments)]
 fn deliver<M: GuestMemory>(
     q: &mut Queue,
     qi: u16,
@@ -698,13 +745,18 @@ fn deliver<M: GuestMemory>(
     warn: &mut LogOnce,
     a: &[u8],
     c: &[u8],
+    more_work: &mut bool,
 ) -> Result<usize, DeviceError> {
     let total = a.len() + c.len();
     let mut done = 0;
     let mut used = false;
     let mut handled = 0;
     let mut spare = Vec::new();
-    while done < total && handled < MAX_CHAINS_PER_CALL {
+    while done < total {
+        if handled >= MAX_CHAINS_PER_CALL {
+            *more_work = true;
+            break;
+        }
         handled += 1;
         match queue_io::pop(q, qi, mem, true, std::mem::take(&mut spare))? {
             Popped::None => {
@@ -876,8 +928,9 @@ impl VirtioDevice for Console {
         // Only what host-side calls made pending, unless a full scan was asked for (at
         // DRIVER_OK, when buffers may have been posted before).
         let full = std::mem::take(&mut self.rescan);
+        self.more_work = false;
         let multiport = self.multiport();
-        if multiport && full {
+        if multiport && (full || std::mem::take(&mut self.control_kick)) {
             self.control_tx(io)?;
         }
         let mut next = self.ports.keys().next().copied();
@@ -897,6 +950,10 @@ impl VirtioDevice for Console {
         Ok(())
     }
 
+    fn has_pending_work(&self) -> bool {
+        self.more_work
+    }
+
     fn reset(&mut self) {
         for p in self.ports.values_mut() {
             p.set_guest_open(false);
@@ -908,6 +965,8 @@ impl VirtioDevice for Console {
         self.driver_ready = false;
         self.control_out.clear();
         self.rescan = false;
+        self.control_kick = false;
+        self.more_work = false;
         self.warn.clear();
     }
 }
