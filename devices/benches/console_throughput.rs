@@ -51,7 +51,7 @@ fn guest(
         },
         vec![],
     );
-    g.dev
+    g.t()
         .device_mut()
         .add_port(
             PortConfig::serial(1, "bench"),
@@ -132,7 +132,7 @@ fn host_to_guest(size: u32, rx_buf: u32, rx_count: usize, secs: f64) -> Rate {
         while off < chunk.len() {
             let t = Instant::now();
             let n = g
-                .dev
+                .t()
                 .with_device_io(|c, io| c.port_write_io(io, 1, &chunk[off..]))
                 .unwrap();
             in_device += t.elapsed();

@@ -86,7 +86,7 @@ fn starve_rx(g: &mut Guest, port: u32) {
         left -= g.host(|c| c.port_write(port, &vec![0u8; left]));
     }
     while g.vqs.get_mut(&rxq).unwrap().get_used(&g.mem).is_some() {}
-    assert_eq!(g.dev.device().port_pending(port), Some(0));
+    assert_eq!(g.t().device().port_pending(port), Some(0));
 }
 
 #[test]
@@ -112,9 +112,9 @@ fn wrong_direction_descriptors() {
     // and the data is delivered whole in the next good buffer.
     starve_rx(&mut g, 2);
     let rxq = rx_queue_index(2);
-    g.dev.with_device(|c| c.port_write(2, b"precious"));
+    g.t().with_device(|c| c.port_write(2, b"precious"));
     assert_eq!(post_raw(&mut g, rxq, &[(buf.0, 4096, 0, 9)]), 0);
-    assert_eq!(g.dev.device().port_pending(2), Some(8));
+    assert_eq!(g.t().device().port_pending(2), Some(8));
     let good = g.alloc.take(4096, 8);
     assert_eq!(post_raw(&mut g, rxq, &[(good.0, 4096, F_WRITE, 9)]), 8);
     let mut got = [0u8; 8];
@@ -183,9 +183,9 @@ fn zero_length_buffers() {
     assert!(b.received().is_empty());
     let rxq = rx_queue_index(1);
     starve_rx(&mut g, 1);
-    g.dev.with_device(|c| c.port_write(1, b"data"));
+    g.t().with_device(|c| c.port_write(1, b"data"));
     assert_eq!(post_raw(&mut g, rxq, &[(buf.0, 0, F_WRITE, 9)]), 0);
-    assert_eq!(g.dev.device().port_pending(1), Some(4), "bytes kept");
+    assert_eq!(g.t().device().port_pending(1), Some(4), "bytes kept");
     let good = g.alloc.take(4096, 8);
     assert_eq!(post_raw(&mut g, rxq, &[(good.0, 4096, F_WRITE, 9)]), 4);
     let mut got = [0u8; 4];
@@ -307,7 +307,7 @@ fn guest_that_never_posts_receive_buffers() {
         64 * 1024,
         "bounded host buffer, writes come back short"
     );
-    assert_eq!(g.dev.device().port_pending(1), Some(64 * 1024));
+    assert_eq!(g.t().device().port_pending(1), Some(64 * 1024));
 }
 
 #[test]
@@ -398,13 +398,13 @@ fn register_misuse_is_harmless() {
     g.wr(0x44, 1);
     g.wr(0x20, 0xffff_ffff);
     // Odd sizes and offsets.
-    g.dev.write(0x51, &[1, 2, 3, 4]);
-    g.dev.write(0x50, &[1, 2]);
-    g.dev.write(0x50, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    g.t().write(0x51, &[1, 2, 3, 4]);
+    g.t().write(0x50, &[1, 2]);
+    g.t().write(0x50, &[1, 2, 3, 4, 5, 6, 7, 8]);
     let mut b = [0u8; 3];
-    g.dev.read(0x1, &mut b);
-    g.dev.read(0xfff_ffff, &mut b);
-    g.dev.write(0xffff_ffff_ffff_fff0, &[1; 4]);
+    g.t().read(0x1, &mut b);
+    g.t().read(0xfff_ffff, &mut b);
+    g.t().write(0xffff_ffff_ffff_fff0, &[1; 4]);
     for off in (0..0x100).step_by(4) {
         let _ = g.rd(off);
     }
@@ -465,7 +465,7 @@ fn garbage_on_one_port_does_not_touch_another() {
             g.notify(q);
         }
         if round % 10 == 0 {
-            g.dev.with_device(|c| c.port_write(2, b"noise"));
+            g.t().with_device(|c| c.port_write(2, b"noise"));
             let msg = round.to_le_bytes();
             assert!(g.write(1, &msg, 1 + (round as usize % 3)));
             expect_host.extend_from_slice(&msg);
@@ -514,7 +514,7 @@ fn huge_chain(with_trigger: bool) {
         },
         vec![],
     );
-    g.dev
+    g.t()
         .device_mut()
         .add_port(
             PortConfig::serial(1, "sink"),
@@ -523,7 +523,7 @@ fn huge_chain(with_trigger: bool) {
         .unwrap();
     let work = EventFd::new(EFD_NONBLOCK).unwrap();
     if with_trigger {
-        g.dev
+        g.t()
             .set_work_trigger(EventFdTrigger::new(work.try_clone().unwrap()));
     }
     g.probe(ProbeOpts::default());
@@ -538,20 +538,20 @@ fn huge_chain(with_trigger: bool) {
     g.notify(q);
     if !with_trigger {
         assert_eq!(count.load(SeqCst), 256 << 20);
-        assert!(!g.dev.has_pending_work());
+        assert!(!g.t().has_pending_work());
         return;
     }
     // One notification copies at most 16 MiB, then asks to be called again.
     assert_eq!(count.load(SeqCst), 16 << 20);
-    assert!(g.dev.has_pending_work());
+    assert!(g.t().has_pending_work());
     // The VMM's event loop: the work eventfd fired, call process().
     let mut rounds = 1;
     while work.read().is_ok() {
-        g.dev.process();
+        g.t().process();
         rounds += 1;
     }
     assert_eq!(rounds, 16);
     assert_eq!(count.load(SeqCst), 256 << 20);
-    assert!(!g.dev.has_pending_work());
+    assert!(!g.t().has_pending_work());
     assert!(g.vqs.get_mut(&q).unwrap().get_used(&g.mem).is_some());
 }

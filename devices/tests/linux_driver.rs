@@ -67,14 +67,14 @@ fn probe_handshake_matches_linux_and_qemu_order() {
     // The driver answered CONSOLE_PORT with PORT_OPEN 1: the host saw the console open.
     assert_eq!(con.open_events(), vec![true]);
     assert!(agent.open_events().is_empty());
-    assert!(g.dev.device().is_driver_ready());
+    assert!(g.t().device().is_driver_ready());
 }
 
 #[test]
 fn negotiated_features_are_linux_set() {
     let (mut g, _, _) = two_ports();
     g.probe(ProbeOpts::default());
-    let f = g.dev.driver_features();
+    let f = g.t().driver_features();
     assert_eq!(
         f,
         1 << 32 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_CONSOLE_F_MULTIPORT,
@@ -144,7 +144,7 @@ fn interrupt_status_and_ack() {
     assert!(g.take_irqs() >= 1);
     assert_eq!(g.rd(0x60), 0);
     assert_eq!(g.read(1), b"x");
-    g.dev.with_device(|c| c.port_write(1, b"y"));
+    g.t().with_device(|c| c.port_write(1, b"y"));
     assert_eq!(g.rd(0x60) & 1, 1, "used-buffer bit set");
     g.wr(0x64, 1);
     assert_eq!(g.rd(0x60), 0);
@@ -160,7 +160,7 @@ fn event_idx_suppresses_interrupts_and_kicks() {
     let last = g.vqs[&rxq].last_used;
     g.vqs[&rxq].set_used_event(&g.mem, last.wrapping_add(100));
     g.take_irqs();
-    g.dev.with_device(|c| c.port_write(1, b"quiet"));
+    g.t().with_device(|c| c.port_write(1, b"quiet"));
     assert_eq!(g.take_irqs(), 0, "no interrupt before used_event");
     assert_eq!(g.read(1), b"quiet", "but the data is in the used ring");
     // The device publishes avail_event so the driver kicks for each new tx buffer.
@@ -184,7 +184,7 @@ fn host_bytes_wait_for_guest_open_like_qemu() {
         24
     );
     assert!(g.read(1).is_empty());
-    assert_eq!(g.dev.device().port_pending(1), Some(24));
+    assert_eq!(g.t().device().port_pending(1), Some(24));
     g.set_open(1, true);
     assert_eq!(g.read(1), b"{\"execute\":\"guest-ping\"}");
     // Guest closes: later bytes wait for the next open again.
@@ -203,7 +203,7 @@ fn guest_open_close_reported_to_host() {
     g.set_open(1, false);
     g.set_open(1, true);
     assert_eq!(agent.open_events(), vec![true, false, true]);
-    assert_eq!(g.dev.device().is_guest_open(1), Some(true));
+    assert_eq!(g.t().device().is_guest_open(1), Some(true));
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn host_connected_before_driver_ready_is_resent_after_port_ready() {
     pc.host_connected = false;
     let mut g = new_guest(cfg(), vec![(pc, agent.clone())]);
     // The host connects before the guest even probed: nothing can be sent yet.
-    g.dev
+    g.t()
         .with_device(|c| c.set_host_connected(1, true))
         .unwrap();
     g.probe(ProbeOpts::default());
@@ -272,7 +272,7 @@ fn reset_and_reprobe() {
         vec![true, false],
         "reset closes the console"
     );
-    assert!(!g.dev.device().is_driver_ready());
+    assert!(!g.t().device().is_driver_ready());
     g.ctrl_log.clear();
     g.probe(ProbeOpts {
         event_idx: false,
@@ -301,7 +301,7 @@ fn backpressure_guest_to_host_loses_nothing() {
         1000,
         "backend took 1000 bytes then was full"
     );
-    assert_eq!(g.dev.device().is_throttled(1), Some(true));
+    assert_eq!(g.t().device().is_throttled(1), Some(true));
     assert_eq!(g.reclaim_tx(1), 0, "guest sees its buffers still in flight");
     let mut rounds = 0;
     while agent.received().len() < data.len() {
@@ -329,7 +329,7 @@ fn console_port_drops_what_the_backend_refuses_like_qemu() {
     assert!(g.write(0, b"abcdef", 1));
     assert_eq!(con.received(), b"abc");
     assert_eq!(g.reclaim_tx(0), 1, "hvc buffer returned at once");
-    assert_eq!(g.dev.device().is_throttled(0), Some(false));
+    assert_eq!(g.t().device().is_throttled(0), Some(false));
 }
 
 #[test]
@@ -465,19 +465,19 @@ fn mmio_register_map() {
     assert_eq!(g.rd(0x100), 0);
     assert_eq!(g.rd(0x104), 4);
     let mut two = [0xffu8; 2];
-    g.dev.read(0x104, &mut two);
+    g.t().read(0x104, &mut two);
     assert_eq!(two, [4, 0]);
     let mut eight = [0xffu8; 8];
-    g.dev.read(0x104, &mut eight);
+    g.t().read(0x104, &mut eight);
     assert_eq!(eight, [4, 0, 0, 0, 0, 0, 0, 0]);
     let mut past = [0xffu8; 4];
-    g.dev.read(0x1f0, &mut past);
+    g.t().read(0x1f0, &mut past);
     assert_eq!(past, [0; 4]);
     // Sub-word register reads are refused (zeros), nothing breaks.
     let mut b = [0xffu8; 1];
-    g.dev.read(0x0, &mut b);
+    g.t().read(0x0, &mut b);
     assert_eq!(b, [0]);
-    g.dev.write(0x70, &[1]);
+    g.t().write(0x70, &[1]);
     assert_eq!(g.status(), 0);
 }
 
@@ -499,7 +499,7 @@ fn emergency_write_reaches_console_backend() {
     // Works before the driver is up.
     g.wr(0x108, u32::from(b'!'));
     g.probe(ProbeOpts::default());
-    g.dev.write(0x108, b"?");
+    g.t().write(0x108, b"?");
     assert_eq!(con.received(), b"!?");
     assert!(agent.received().is_empty());
 }
@@ -544,7 +544,7 @@ fn feature_negotiation_refusals() {
     assert_eq!(g.status(), 0xb);
     // Features cannot change after FEATURES_OK.
     g.wr(0x20, 1 << VIRTIO_CONSOLE_F_MULTIPORT);
-    assert_eq!(g.dev.driver_features(), 1 << 32);
+    assert_eq!(g.t().driver_features(), 1 << 32);
 }
 
 #[test]
@@ -579,7 +579,7 @@ fn direct_host_write_keeps_order_and_falls_back_to_buffer() {
     let (mut g, _, _) = two_ports();
     // Before the driver is up: no queue access, bytes are buffered.
     assert_eq!(
-        g.dev
+        g.t()
             .with_device_io(|c, io| c.port_write_io(io, 1, b"early:")),
         Some(6)
     );
@@ -593,12 +593,12 @@ fn direct_host_write_keeps_order_and_falls_back_to_buffer() {
     // is buffered, and a later write queues behind it.
     let data = pattern(20_000, 5);
     assert_eq!(
-        g.dev.with_device_io(|c, io| c.port_write_io(io, 1, &data)),
+        g.t().with_device_io(|c, io| c.port_write_io(io, 1, &data)),
         Some(20_000)
     );
-    assert_eq!(g.dev.device().port_pending(1), Some(20_000 - 3 * 4096));
+    assert_eq!(g.t().device().port_pending(1), Some(20_000 - 3 * 4096));
     assert_eq!(
-        g.dev
+        g.t()
             .with_device_io(|c, io| c.port_write_io(io, 1, b"tail")),
         Some(4)
     );
@@ -611,7 +611,7 @@ fn direct_host_write_keeps_order_and_falls_back_to_buffer() {
     assert_eq!(got, want);
     // Unknown port: nothing accepted.
     assert_eq!(
-        g.dev.with_device_io(|c, io| c.port_write_io(io, 3, b"x")),
+        g.t().with_device_io(|c, io| c.port_write_io(io, 3, b"x")),
         Some(0)
     );
 }

@@ -270,6 +270,8 @@ impl Vring {
 
     /// Next used element: (head, len, segments).
     pub fn get_used(&mut self, mem: &GuestMemoryMmap) -> Option<(u16, u32, Vec<Seg>)> {
+        // Pairs with the device's fence between add_used and reading used_event.
+        fence(Ordering::SeqCst);
         if self.used_idx(mem) == self.last_used {
             return None;
         }
@@ -336,7 +338,9 @@ impl Default for ProbeOpts {
 
 /// The guest: memory, driver state and the device behind its MMIO window.
 pub struct Guest {
-    pub dev: Transport,
+    pub dev: Arc<Mutex<Transport>>,
+    /// When set, kicks write these eventfds (an ioeventfd per queue) instead of QueueNotify.
+    pub ioevents: Option<Arc<Vec<EventFd>>>,
     pub mem: GuestMemoryMmap,
     pub irq: EventFd,
     pub alloc: Alloc,
@@ -366,7 +370,8 @@ pub fn new_guest(cfg: ConsoleConfig, ports: Vec<(PortConfig, HostEnd)>) -> Guest
     )
     .unwrap();
     Guest {
-        dev,
+        dev: Arc::new(Mutex::new(dev)),
+        ioevents: None,
         mem,
         irq,
         alloc: Alloc { next: 0x10000 },
@@ -383,14 +388,19 @@ pub fn new_guest(cfg: ConsoleConfig, ports: Vec<(PortConfig, HostEnd)>) -> Guest
 }
 
 impl Guest {
+    /// The transport (locked), as a vCPU exit or the event loop reaches it.
+    pub fn t(&self) -> std::sync::MutexGuard<'_, Transport> {
+        self.dev.lock().unwrap()
+    }
+
     pub fn rd(&mut self, off: u64) -> u32 {
         let mut b = [0u8; 4];
-        self.dev.read(off, &mut b);
+        self.t().read(off, &mut b);
         u32::from_le_bytes(b)
     }
 
     pub fn wr(&mut self, off: u64, v: u32) {
-        self.dev.write(off, &v.to_le_bytes());
+        self.t().write(off, &v.to_le_bytes());
     }
 
     pub fn status(&mut self) -> u32 {
@@ -522,13 +532,16 @@ impl Guest {
         let vr = self.vqs.get_mut(&q).unwrap();
         if vr.kick_needed(&self.mem) {
             self.kicks += 1;
-            self.wr(0x50, u32::from(q));
+            self.notify(q);
         }
     }
 
-    /// Notify unconditionally.
+    /// Notify unconditionally (QueueNotify, or the queue's ioeventfd when set).
     pub fn notify(&mut self, q: u16) {
-        self.wr(0x50, u32::from(q));
+        match &self.ioevents {
+            Some(fds) => fds[usize::from(q)].write(1).unwrap(),
+            None => self.wr(0x50, u32::from(q)),
+        }
     }
 
     /// Send a control message on the control transmit queue; Linux spins until it is used.
@@ -758,7 +771,7 @@ impl Guest {
 
     /// Host-side call on the console, then the device's queue work.
     pub fn host<R>(&mut self, f: impl FnOnce(&mut Console) -> R) -> R {
-        let r = self.dev.with_device(f);
+        let r = self.t().with_device(f);
         self.pump();
         r
     }
