@@ -1,0 +1,241 @@
+//! Throughput of one virtio-serial port through the virtio-mmio transport, guest→host and
+//! host→guest, with 4 KiB and 64 KiB buffers, next to plain `memcpy` over the same buffer
+//! sizes and working set, measured in the same run.
+//!
+//! Run: `cargo bench -p devices --bench console_throughput` (optional argument: seconds per
+//! case, default 1).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use common::*;
+use devices::virtio::console::{
+    rx_queue_index, tx_queue_index, ConsoleConfig, PortBackend, PortConfig,
+};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Working set: this many buffers of the case's size.
+const BUFFERS: usize = 128;
+/// The device's guest→host staging area.
+const TX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The host end for benchmarks: takes everything, counts bytes.
+struct Counter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+impl PortBackend for Counter {
+    fn write_to_host(&mut self, data: &[u8]) -> usize {
+        self.0
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        data.len()
+    }
+}
+
+/// Throughput end to end (device + this single-threaded test driver) and counting only the
+/// time spent in device calls (what the VMM's device thread would spend).
+struct Rate {
+    total: f64,
+    device: f64,
+}
+
+fn guest(
+    rx_buf: u32,
+    rx_count: usize,
+    counter: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Guest {
+    let mut g = new_guest(
+        ConsoleConfig {
+            max_nr_ports: 2,
+            ..Default::default()
+        },
+        vec![],
+    );
+    g.t()
+        .device_mut()
+        .add_port(
+            PortConfig::serial(1, "bench"),
+            Box::new(Counter(counter.clone())),
+        )
+        .unwrap();
+    g.probe(ProbeOpts {
+        rx_buf,
+        rx_count,
+        ..Default::default()
+    });
+    g.set_open(1, true);
+    g
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+/// Guest writes `size`-byte buffers; the host end takes them.
+fn guest_to_host(size: u32, secs: f64) -> Rate {
+    let counter = Default::default();
+    let mut g = guest(4096, 256, &counter);
+    let mut in_device = Duration::ZERO;
+    let q = tx_queue_index(1);
+    let bufs: Vec<GuestAddress> = (0..BUFFERS)
+        .map(|i| {
+            let a = g.alloc.take(u64::from(size), 4096);
+            g.mem.write_slice(&vec![i as u8; size as usize], a).unwrap();
+            a
+        })
+        .collect();
+    let mut next = 0;
+    let start = Instant::now();
+    let mut iters = 0u64;
+    loop {
+        // Fill the ring, notify, take back what was used.
+        while g.vqs[&q].free_count() > 0 {
+            let a = bufs[next % BUFFERS];
+            next += 1;
+            g.vqs
+                .get_mut(&q)
+                .unwrap()
+                .add(&g.mem, &[(a, size, false)])
+                .unwrap();
+        }
+        let t = Instant::now();
+        g.kick(q);
+        in_device += t.elapsed();
+        while g.vqs.get_mut(&q).unwrap().get_used(&g.mem).is_some() {}
+        iters += 1;
+        if iters % 16 == 0 && start.elapsed().as_secs_f64() > secs {
+            break;
+        }
+    }
+    let bytes = counter.load(std::sync::atomic::Ordering::Relaxed);
+    Rate {
+        total: gbps(bytes, start.elapsed()),
+        device: gbps(bytes, in_device),
+    }
+}
+
+/// Host writes `size`-byte chunks; the guest posts `rx_buf`-byte receive buffers.
+fn host_to_guest(size: u32, rx_buf: u32, rx_count: usize, secs: f64) -> Rate {
+    let counter = Default::default();
+    let mut g = guest(rx_buf, rx_count, &counter);
+    let mut in_device = Duration::ZERO;
+    let q = rx_queue_index(1);
+    let src: Vec<Vec<u8>> = (0..BUFFERS).map(|i| vec![i as u8; size as usize]).collect();
+    let mut next = 0;
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    let mut iters = 0u64;
+    loop {
+        let chunk = &src[next % BUFFERS];
+        next += 1;
+        let mut off = 0;
+        while off < chunk.len() {
+            let t = Instant::now();
+            let n = g
+                .t()
+                .with_device_io(|c, io| c.port_write_io(io, 1, &chunk[off..]))
+                .unwrap();
+            in_device += t.elapsed();
+            off += n;
+            bytes += n as u64;
+            // The guest takes its used receive buffers and posts them again.
+            let vq = g.vqs.get_mut(&q).unwrap();
+            while let Some((_, _, segs)) = vq.get_used(&g.mem) {
+                vq.add(&g.mem, &segs).unwrap();
+            }
+            let t = Instant::now();
+            g.kick(q);
+            in_device += t.elapsed();
+        }
+        iters += 1;
+        if iters % 16 == 0 && start.elapsed().as_secs_f64() > secs {
+            break;
+        }
+    }
+    Rate {
+        total: gbps(bytes, start.elapsed()),
+        device: gbps(bytes, in_device),
+    }
+}
+
+/// Plain memcpy of `size`-byte pieces from BUFFERS source buffers into a destination area of
+/// `dst_bytes`, cyclically: the same working set the device path touches.
+fn memcpy(size: usize, dst_bytes: usize, secs: f64) -> f64 {
+    let src: Vec<Vec<u8>> = (0..BUFFERS).map(|i| vec![i as u8; size]).collect();
+    let dst_bytes = dst_bytes.max(size) / size * size;
+    let mut dst = vec![0u8; dst_bytes];
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    let mut i = 0;
+    let mut off = 0;
+    loop {
+        for _ in 0..64 {
+            dst[off..off + size].copy_from_slice(black_box(&src[i % BUFFERS]));
+            black_box(&mut dst);
+            i += 1;
+            off = (off + size) % dst_bytes;
+            bytes += size as u64;
+        }
+        if start.elapsed().as_secs_f64() > secs {
+            break;
+        }
+    }
+    gbps(bytes, start.elapsed())
+}
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1.0);
+    // Cargo passes `--bench`; anything else that is not a number filters the cases.
+    let filter: Option<String> = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a.parse::<f64>().is_err());
+    println!("virtio-serial throughput, one port, {secs} s per case, GB/s = 1e9 bytes/s");
+    println!(
+        "end-to-end: device + single-threaded test driver; device: time in device calls only;"
+    );
+    println!("memcpy: plain copy over the same buffer size and working set, same run");
+    println!(
+        "{:<46} {:>10} {:>8} {:>8} {:>14}",
+        "case", "end-to-end", "device", "memcpy", "device/memcpy"
+    );
+    type Case = (String, usize, Box<dyn Fn() -> Rate>);
+    for size in [4096u32, 65536] {
+        let kib = size / 1024;
+        let cases: Vec<Case> = vec![
+            (
+                format!("guest->host, {kib} KiB tx buffers"),
+                TX_CHUNK_BYTES,
+                Box::new(move || guest_to_host(size, secs)),
+            ),
+            (
+                format!("host->guest, {kib} KiB writes, 256 x 4 KiB rx"),
+                256 * 4096,
+                Box::new(move || host_to_guest(size, 4096, 256, secs)),
+            ),
+            (
+                format!("host->guest, {kib} KiB writes, 64 x {kib} KiB rx"),
+                64 * size as usize,
+                Box::new(move || host_to_guest(size, size, 64, secs)),
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (name, dst_bytes, run) in cases {
+            if !seen.insert(name.clone())
+                || filter.as_ref().is_some_and(|f| !name.contains(f.as_str()))
+            {
+                continue;
+            }
+            let r = run();
+            let m = memcpy(size as usize, dst_bytes, secs);
+            println!(
+                "{name:<46} {:>10.2} {:>8.2} {m:>8.2} {:>13.0}%",
+                r.total,
+                r.device,
+                100.0 * r.device / m
+            );
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Descriptor-chain helpers: validate a chain once, then copy bytes in or out of it.
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+use super::DeviceError;
+
+/// Upper bound on the descriptors of one chain we accept (a ring holds at most 32768
+/// descriptors; an indirect table could claim more).
+const MAX_CHAIN_DESCRIPTORS: usize = 1024;
+
+/// Why a chain was refused. The buffer is returned to the driver with used length 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ChainError {
+    /// The chain has no descriptor (bad head index or unreadable descriptor table).
+    #[error("empty descriptor chain")]
+    Empty,
+    /// A `next` link pointed outside the table, looped, or could not be read.
+    #[error("descriptor chain loops, is cut or links outside the table")]
+    Broken,
+    /// More descriptors than we accept.
+    #[error("descriptor chain longer than {MAX_CHAIN_DESCRIPTORS} descriptors")]
+    TooLong,
+    /// A device-readable buffer where a writable one was expected, or the reverse.
+    #[error("descriptor with the wrong direction")]
+    WrongDirection,
+    /// A buffer lies (partly) outside guest memory.
+    #[error("descriptor buffer outside guest memory")]
+    OutOfMemory,
+}
+
+/// A validated descriptor chain: every segment is in guest memory and has the right direction.
+#[derive(Debug, Clone)]
+pub(crate) struct Buffer {
+    /// Head descriptor index, to return through the used ring.
+    pub head: u16,
+    /// (address, length) of each segment, zero-length ones dropped.
+    pub segs: Vec<(GuestAddress, u32)>,
+    /// Sum of the segment lengths.
+    pub len: u64,
+}
+
+/// What [`pop`] found.
+pub(crate) enum Popped {
+    /// Nothing available.
+    None,
+    /// A usable buffer.
+    Buffer(Buffer),
+    /// A chain that must be returned unused (head index, reason).
+    Bad(u16, ChainError),
+}
+
+/// Take the next available chain of `queue` and validate it for `writable` use. `segs` is
+/// recycled storage for the segment list (cleared here).
+pub(crate) fn pop<M: GuestMemory>(
+    queue: &mut Queue,
+    index: u16,
+    mem: &M,
+    writable: bool,
+    mut segs: Vec<(GuestAddress, u32)>,
+) -> Result<Popped, DeviceError> {
+    let chain = {
+        let mut iter = queue.iter(mem).map_err(|source| DeviceError::AvailRing {
+            queue: index,
+            source,
+        })?;
+        match iter.next() {
+            Some(c) => c,
+            None => return Ok(Popped::None),
+        }
+    };
+    let head = chain.head_index();
+    segs.clear();
+    let mut len = 0u64;
+    let mut count = 0usize;
+    let mut last_has_next = false;
+    let mut error = None;
+    for desc in chain {
+        count += 1;
+        last_has_next = desc.has_next();
+        if count > MAX_CHAIN_DESCRIPTORS {
+            error = Some(ChainError::TooLong);
+            break;
+        }
+        if desc.is_write_only() != writable {
+            error.get_or_insert(ChainError::WrongDirection);
+            continue;
+        }
+        let dlen = desc.len();
+        if dlen == 0 {
+            continue;
+        }
+        let access = if writable {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        if !mem.check_range(desc.addr(), dlen as usize, access) {
+            error.get_or_insert(ChainError::OutOfMemory);
+            continue;
+        }
+        len += u64::from(dlen);
+        segs.push((desc.addr(), dlen));
+    }
+    if let Some(e) = error {
+        return Ok(Popped::Bad(head, e));
+    }
+    if count == 0 {
+        return Ok(Popped::Bad(head, ChainError::Empty));
+    }
+    if last_has_next {
+        return Ok(Popped::Bad(head, ChainError::Broken));
+    }
+    Ok(Popped::Buffer(Buffer { head, segs, len }))
+}
+
+/// Return a buffer to the driver.
+pub(crate) fn add_used<M: GuestMemory>(
+    queue: &mut Queue,
+    index: u16,
+    mem: &M,
+    head: u16,
+    len: u32,
+) -> Result<(), DeviceError> {
+    queue
+        .add_used(mem, head, len)
+        .map_err(|source| DeviceError::UsedRing {
+            queue: index,
+            source,
+        })
+}
+
+/// Re-arm driver notifications; `true` if more buffers arrived meanwhile.
+pub(crate) fn rearm<M: GuestMemory>(
+    queue: &mut Queue,
+    index: u16,
+    mem: &M,
+) -> Result<bool, DeviceError> {
+    queue
+        .enable_notification(mem)
+        .map_err(|source| DeviceError::Notification {
+            queue: index,
+            source,
+        })
+}
+
+/// Whether the driver wants an interrupt for what was added since the last call.
+pub(crate) fn needs_interrupt<M: GuestMemory>(
+    queue: &mut Queue,
+    index: u16,
+    mem: &M,
+) -> Result<bool, DeviceError> {
+    queue
+        .needs_notification(mem)
+        .map_err(|source| DeviceError::Notification {
+            queue: index,
+            source,
+        })
+}
+
+/// Write `data` into the buffer's segments from the start; returns bytes written (stops at the
+/// end of the buffer). Guest memory errors end the copy early.
+pub(crate) fn write_to_buffer<M: GuestMemory>(mem: &M, buf: &Buffer, mut data: &[u8]) -> usize {
+    write_at(mem, buf, 0, &mut data)
+}
+
+/// Write from `data` at byte offset `at` of the buffer, advancing `data`; returns bytes written.
+pub(crate) fn write_at<M: GuestMemory>(mem: &M, buf: &Buffer, at: u64, data: &mut &[u8]) -> usize {
+    let mut skip = at;
+    let mut written = 0usize;
+    for &(addr, len) in &buf.segs {
+        if data.is_empty() {
+            break;
+        }
+        let len = u64::from(len);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let room = (len - skip) as usize;
+        let n = room.min(data.len());
+        let Some(dst) = addr.0.checked_add(skip) else {
+            break;
+        };
+        if mem.write_slice(&data[..n], GuestAddress(dst)).is_err() {
+            break;
+        }
+        skip = 0;
+        written += n;
+        *data = &data[n..];
+    }
+    written
+}
+
+/// Read into `out` from byte offset `at` of the buffer; returns bytes read (`None` on a guest
+/// memory error).
+pub(crate) fn read_at<M: GuestMemory>(
+    mem: &M,
+    buf: &Buffer,
+    at: u64,
+    out: &mut [u8],
+) -> Option<usize> {
+    let mut skip = at;
+    let mut done = 0usize;
+    for &(addr, len) in &buf.segs {
+        if done == out.len() {
+            break;
+        }
+        let len = u64::from(len);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = ((len - skip) as usize).min(out.len() - done);
+        let src = GuestAddress(addr.0.checked_add(skip)?);
+        mem.read_slice(&mut out[done..done + n], src).ok()?;
+        skip = 0;
+        done += n;
+    }
+    Some(done)
+}
