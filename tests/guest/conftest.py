@@ -1,0 +1,168 @@
+"""Fixtures that build the guest image (tests/guest-image/build.sh) and boot it under QEMU TCG with
+the agent's virtio-serial port on a chardev socket the tests talk to directly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from qga import QgaClient  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "tests" / "guest-image" / "build.sh"
+ROOTFS = ROOT / "tests" / "guest-image" / "rootfs"
+IMAGE_DIR = ROOT / ".cache" / "guest" / "tests"
+QEMU = "qemu-system-x86_64"
+READY_MARKER = "VIRTAGENT-GUEST-READY"
+BOOT_TIMEOUT = float(os.environ.get("GUEST_BOOT_TIMEOUT", "120"))
+
+
+@dataclass
+class Image:
+    kernel: Path
+    initrd: Path
+    manifest: dict[str, list[str]]
+
+    @property
+    def kernel_release(self) -> str:
+        return self.manifest["kernel-release"][0]
+
+
+def _read_manifest(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, rest = line.partition(" ")
+            out.setdefault(key, []).append(rest)
+    return out
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory) -> Image:
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    cmd = [str(BUILD), "--out", str(IMAGE_DIR)]
+    agent = os.environ.get("VIRTAGENT_BIN")
+    if agent:
+        src = Path(agent)
+        if not src.is_file():
+            pytest.fail(f"VIRTAGENT_BIN={agent} does not exist")
+        # The image names each agent after its file name; the init selects it with agent=virtagent.
+        staged = tmp_path_factory.mktemp("agent") / "virtagent"
+        shutil.copy(src, staged)
+        cmd += ["--agent", str(staged)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        pytest.fail(f"guest image build failed ({' '.join(cmd)}):\n{res.stderr[-4000:]}")
+    return Image(IMAGE_DIR / "vmlinuz", IMAGE_DIR / "initramfs.cpio.gz",
+                 _read_manifest(IMAGE_DIR / "manifest.txt"))
+
+
+class Guest:
+    """One QEMU TCG guest; console on stdout (captured in a file), agent port on a unix socket."""
+
+    def __init__(self, image: Image, agent: str, workdir: Path):
+        self.agent = agent
+        self.console_path = workdir / "console.log"
+        self.sock_path = workdir / "qga.sock"
+        self.cmd = [
+            QEMU, "-accel", "tcg", "-M", "pc", "-m", "512", "-smp", "1",
+            "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
+            "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+            "-append", f"console=ttyS0 panic=-1 agent={agent}",
+            "-device", "virtio-serial",
+            "-chardev", f"socket,path={self.sock_path},server=on,wait=off,id=qga0",
+            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]
+        self.started = time.monotonic()
+        with open(self.console_path, "wb") as console:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=console,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.ready_after: float | None = None
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console().splitlines()[-lines:])
+
+    def _fail(self, what: str) -> AssertionError:
+        return AssertionError(f"{what}\nqemu: {' '.join(self.cmd)}\n"
+                              f"--- guest console (tail) ---\n{self.console_tail()}")
+
+    def wait_console(self, marker: str, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while marker not in self.console():
+            if self.proc.poll() is not None:
+                raise self._fail(f"QEMU exited (status {self.proc.returncode}) before the console "
+                                 f"showed {marker!r}")
+            if time.monotonic() > end:
+                raise self._fail(f"no {marker!r} on the guest console within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise self._fail(f"QEMU still running {timeout:.0f} s later") from None
+
+    def connect(self, timeout: float = 10.0) -> QgaClient:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                return QgaClient(str(self.sock_path), self.console_tail)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if self.proc.poll() is not None or time.monotonic() > end:
+                    raise self._fail(f"cannot connect to the agent socket {self.sock_path}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@dataclass
+class BootedGuest:
+    guest: Guest
+    qga: QgaClient
+    image: Image
+
+
+AGENTS = ["qemu-ga", "virtagent"]
+
+
+@pytest.fixture(scope="module", params=AGENTS)
+def booted(request, image, tmp_path_factory) -> BootedGuest:
+    """A guest booted once per agent (module scope), the agent already synced."""
+    agent = request.param
+    if agent == "virtagent" and not os.environ.get("VIRTAGENT_BIN"):
+        pytest.skip("VIRTAGENT_BIN is not set (path of a statically linked virtagent binary)")
+    guest = Guest(image, agent, tmp_path_factory.mktemp(f"guest-{agent}"))
+    try:
+        guest.wait_console(f"{READY_MARKER} agent={agent}", BOOT_TIMEOUT)
+        qga = guest.connect()
+        qga.sync(timeout=60)
+        guest.ready_after = time.monotonic() - guest.started
+        print(f"\n{agent}: guest booted and agent synced in {guest.ready_after:.2f} s")
+        yield BootedGuest(guest, qga, image)
+        qga.close()
+    finally:
+        guest.stop()
+
+
+def rootfs_file(relpath: str) -> str:
+    """Contents of a file of the image's root filesystem overlay (expected values come from here)."""
+    return (ROOTFS / relpath).read_text()
