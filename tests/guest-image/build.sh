@@ -296,9 +296,9 @@ echo "$KREL" > "$R/etc/kernel-release"
 # A small ext4 filesystem, loop-mounted by init at /mnt/test (fsfreeze needs a real filesystem).
 # Empty (mkfs -d would record the staged files' ctimes); E2FSPROGS_FAKE_TIME, -U and hash_seed make
 # it reproducible.
+truncate -s "$TESTFS_SIZE" "$R/usr/share/virtagent-guest/testfs.ext4"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L testfs -U "$TESTFS_UUID" \
-    -E "hash_seed=$TESTFS_UUID,root_owner=0:0" \
-    "$R/usr/share/virtagent-guest/testfs.ext4" "$TESTFS_SIZE" >&2 ||
+    -E "hash_seed=$TESTFS_UUID,root_owner=0:0" "$R/usr/share/virtagent-guest/testfs.ext4" >&2 ||
     die "mkfs.ext4 failed"
 chmod 0644 "$R/usr/share/virtagent-guest/testfs.ext4"
 
@@ -335,8 +335,13 @@ find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     echo "initramfs $(sha "$STAGE/initramfs.cpio.gz")"
 } > "$STAGE/manifest.txt"
 
-install -m 0644 "$VMLINUZ" "$OUT/vmlinuz"
-install -m 0644 "$STAGE/initramfs.cpio.gz" "$OUT/initramfs.cpio.gz"
-install -m 0644 "$STAGE/manifest.txt" "$OUT/manifest.txt"
-echo "$KEY" > "$OUT/inputs.sha256"
+# Replace each output atomically (a guest booting from an older build keeps its files); the input
+# hash goes last, so an interrupted build is redone next time.
+publish() { install -m 0644 "$1" "$OUT/.$2.tmp" && mv -f "$OUT/.$2.tmp" "$OUT/$2"; }
+rm -f "$OUT/inputs.sha256"
+publish "$VMLINUZ" vmlinuz
+publish "$STAGE/initramfs.cpio.gz" initramfs.cpio.gz
+publish "$STAGE/manifest.txt" manifest.txt
+echo "$KEY" > "$STAGE/inputs.sha256"
+publish "$STAGE/inputs.sha256" inputs.sha256
 log "built $OUT (kernel $KREL, agents: $AGENT_LIST, initramfs $(stat -c %s "$OUT/initramfs.cpio.gz") bytes)"

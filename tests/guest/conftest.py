@@ -102,9 +102,10 @@ class Guest:
         return AssertionError(f"{what}\nqemu: {' '.join(self.cmd)}\n"
                               f"--- guest console (tail) ---\n{self.console_tail()}")
 
-    def wait_console(self, marker: str, timeout: float) -> None:
+    def wait_console(self, marker: str, timeout: float, count: int = 1) -> None:
+        """Wait until `marker` appeared `count` times on the console."""
         end = time.monotonic() + timeout
-        while marker not in self.console():
+        while self.console().count(marker) < count:
             if self.proc.poll() is not None:
                 raise self._fail(f"QEMU exited (status {self.proc.returncode}) before the console "
                                  f"showed {marker!r}")

@@ -187,6 +187,19 @@ def test_fsfreeze_real_ext4(booted):
     assert unb64(status["out-data"]) == b"thawed\n"
 
 
+def test_agent_restarted_after_it_dies(booted):
+    """The image's init restarts a dead agent; the host resyncs on the same chardev connection."""
+    qga, guest = booted.qga, booted.guest
+    marker = f"VIRTAGENT-GUEST-READY agent={guest.agent}"
+    starts = guest.console().count(marker)
+    qga.execute("guest-exec", {"path": "/bin/sh",
+                               "arg": ["-c", f"sleep 0.2; kill -9 $(pidof {guest.agent})"]})
+    guest.wait_console(marker, timeout=60, count=starts + 1)
+    assert f"agent {guest.agent} exited" in guest.console()
+    qga.sync(timeout=60)
+    assert qga.execute("guest-ping") == {}
+
+
 def test_shutdown(booted):
     """Last test of the module: guest-shutdown sends no reply, the guest powers off, QEMU exits."""
     qga, guest = booted.qga, booted.guest
