@@ -50,7 +50,7 @@ done
 for tool in apt-get apt-cache dpkg-deb dpkg dpkg-query cpio gzip readelf ldd mkfs.ext4 sha256sum find sort; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed (needed to build the guest image)"
 done
-cpio --help 2>&1 | grep -q -- --reproducible || die "cpio does not support --reproducible (need GNU cpio >= 2.13)"
+cpio --help 2>&1 | grep -- --reproducible >/dev/null || die "cpio does not support --reproducible (need GNU cpio >= 2.13)"
 
 mkdir -p "$CACHE/debs" "$CACHE/pkgs" "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -74,12 +74,12 @@ APT_OPTS=()
 # Candidate version of a package from the local apt lists; runs apt-get update once if lists lack it.
 pkg_version() {
     local pkg=$1 ver
-    ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1 || true)
+    ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | sed -n 1p || true)
     if [ -z "$ver" ] && [ "$APT_UPDATED" = 0 ]; then
         log "package '$pkg' is not in the apt lists; running apt-get update"
         APT_UPDATED=1
         apt-get update -qq >&2 || die "apt-get update failed (needed because '$pkg' is not in the apt lists)"
-        ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1 || true)
+        ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | sed -n 1p || true)
     fi
     [ -n "$ver" ] || die "package '$pkg' cannot be found in the apt lists (is a Debian bookworm source configured?)"
     printf '%s\n' "$ver"
@@ -129,7 +129,7 @@ KMETA_VER=$(pkg_version "$KERNEL_META")
 KMETA_DEB=$(fetch_deb "$KERNEL_META" "$KMETA_VER")
 # The meta package depends on exactly one versioned image package, e.g.
 # "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)".
-KDEP=$(dpkg-deb -f "$KMETA_DEB" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-[^ ]*\) *(= *\([^)]*\)).*/\1 \2/p' | head -n1)
+KDEP=$(dpkg-deb -f "$KMETA_DEB" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-[^ ]*\) *(= *\([^)]*\)).*/\1 \2/p' | sed -n 1p)
 [ -n "$KDEP" ] || die "cannot find the versioned linux-image dependency of $KERNEL_META ($(dpkg-deb -f "$KMETA_DEB" Depends))"
 KPKG=${KDEP% *}
 KVER=${KDEP#* }
@@ -143,7 +143,7 @@ KDIR=$(extract_deb "$KDEB")
 BBDIR=$(extract_deb "$BB_DEB")
 QGADIR=$(extract_deb "$QGA_DEB")
 
-VMLINUZ=$(find "$KDIR/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | head -n1)
+VMLINUZ=$(find "$KDIR/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | sed -n 1p)
 [ -n "$VMLINUZ" ] || die "$KPKG contains no /boot/vmlinuz-*"
 KREL=${VMLINUZ##*/vmlinuz-}
 MODDIR="$KDIR/lib/modules/$KREL"
@@ -161,7 +161,7 @@ while IFS= read -r ko; do
     n=${ko##*/}; n=${n%.ko*}; n=${n//-/_}
     MODPATH[$n]=$ko
 done < <(find "$MODDIR/kernel" -name '*.ko' -o -name '*.ko.xz' | sort)
-is_builtin() { sed 's#.*/##; s#\.ko$##; s#-#_#g' "$MODDIR/modules.builtin" | grep -qx "$1"; }
+is_builtin() { sed 's#.*/##; s#\.ko$##; s#-#_#g' "$MODDIR/modules.builtin" | grep -x "$1" >/dev/null; }
 MOD_ORDER=()
 BUILTIN_MODS=()
 mod_depends() {
@@ -206,7 +206,7 @@ lib_package() {
     local p=$1 r owner
     r=$(readlink -f "$p")
     for cand in "$p" "$r" "${r#/usr}" "/usr$p"; do
-        owner=$(dpkg -S "$cand" 2>/dev/null | head -n1 | sed 's/: .*//') && [ -n "$owner" ] && break
+        owner=$(dpkg -S "$cand" 2>/dev/null | sed -n 1p | sed 's/: .*//') && [ -n "$owner" ] && break
     done
     [ -n "$owner" ] || { echo "unknown unknown"; return; }
     echo "$owner $(dpkg-query -W -f '${Version}' "${owner%%,*}" 2>/dev/null || echo unknown)"
@@ -228,9 +228,9 @@ inputs() {
     for d in "$KMETA_DEB" "$KDEB" "$BB_DEB" "$QGA_DEB"; do echo "deb $(basename "$d") $(sha "$d")"; done
     for l in "${ELF_LIBS[@]+"${ELF_LIBS[@]}"}"; do echo "lib $l $(sha "$l")"; done
     for n in $(printf '%s\n' "${!AGENT_PATHS[@]}" | sort); do echo "agent $n $(sha "${AGENT_PATHS[$n]}")"; done
-    mkfs.ext4 -V 2>&1 | head -n1
-    cpio --version | head -n1
-    gzip --version | head -n1
+    mkfs.ext4 -V 2>&1 | sed -n 1p
+    cpio --version | sed -n 1p
+    gzip --version | sed -n 1p
 }
 KEY=$(inputs | sha256sum | cut -d' ' -f1)
 if [ "$FORCE" = 0 ] && [ -f "$OUT/inputs.sha256" ] && [ "$(cat "$OUT/inputs.sha256")" = "$KEY" ] &&
@@ -325,7 +325,7 @@ find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     for l in "${ELF_LIBS[@]+"${ELF_LIBS[@]}"}"; do echo "library $l $(lib_package "$l") $(sha "$l")"; done
     for n in $(printf '%s\n' "${!AGENT_PATHS[@]}" | sort); do
         kind=static
-        readelf -l "${AGENT_PATHS[$n]}" 2>/dev/null | grep -q 'program interpreter' && kind=dynamic
+        readelf -l "${AGENT_PATHS[$n]}" 2>/dev/null | grep 'program interpreter' >/dev/null && kind=dynamic
         echo "agent $n /usr/bin/$n $kind $(sha "${AGENT_PATHS[$n]}")"
     done
     echo "agent qemu-ga /usr/sbin/qemu-ga dynamic $(sha "$QGA_BIN")"
