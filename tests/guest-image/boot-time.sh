@@ -12,7 +12,7 @@ IMG=${2:-$HERE/../../.cache/guest}
 MACHINES=${MACHINES:-pc q35}
 APPENDS=${APPENDS:-|quiet}
 AGENT=${AGENT:-qemu-ga}
-[ -s "$IMG/vmlinuz" ] && [ -s "$IMG/initramfs.cpio.gz" ] || { echo "no image in $IMG: run build.sh" >&2; exit 1; }
+if [ ! -s "$IMG/vmlinuz" ] || [ ! -s "$IMG/initramfs.cpio.gz" ]; then echo "no image in $IMG: run build.sh" >&2; exit 1; fi
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu-system-x86_64 is not installed" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -36,7 +36,7 @@ boot_once() { # machine extra-append -> seconds to READY
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     grep -q VIRTAGENT-GUEST-READY "$log" || { echo "no READY marker; console tail:" >&2; tail -20 "$log" >&2; exit 1; }
-    echo "scale=2; ($now - $start) / 1000000000" | bc
+    awk -v a="$start" -v b="$now" 'BEGIN { printf "%.2f\n", (b - a) / 1e9 }'
 }
 
 echo "qemu: $(qemu-system-x86_64 --version | head -n1); cpus: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg)"

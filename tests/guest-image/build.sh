@@ -105,8 +105,9 @@ fetch_deb() {
         fi
         local got=("$tmp"/*.deb)
         [ -s "${got[0]}" ] || { rm -rf "$tmp"; die "apt-get download of $pkg=$ver produced no .deb"; }
-        [ "$(dpkg-deb -f "${got[0]}" Package)" = "$pkg" ] && [ "$(dpkg-deb -f "${got[0]}" Version)" = "$ver" ] ||
-            { rm -rf "$tmp"; die "downloaded file for $pkg=$ver has unexpected control data"; }
+        if [ "$(dpkg-deb -f "${got[0]}" Package)" != "$pkg" ] || [ "$(dpkg-deb -f "${got[0]}" Version)" != "$ver" ]; then
+            rm -rf "$tmp"; die "downloaded file for $pkg=$ver has unexpected control data"
+        fi
         mv "${got[0]}" "$deb"
         rm -rf "$tmp"
     fi
