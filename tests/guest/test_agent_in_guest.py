@@ -1,8 +1,10 @@
 """The guest agent inside a real Linux guest (Debian cloud kernel + busybox initramfs, QEMU TCG),
 driven over the virtio-serial port's chardev socket with the qemu-ga protocol.
 
-Every test runs once per agent: Debian's qemu-ga (the reference) and virtagent (when VIRTAGENT_BIN
-names a static binary). The guest boots once per agent; test_shutdown must stay the last test here.
+Every test runs once per agent and transport: Debian's qemu-ga (the reference) and virtagent (when
+VIRTAGENT_BIN names a static binary), over virtio-pci (-M pc) and virtio-mmio described in ACPI
+(-M microvm,acpi=on, as vmm does it). The guest boots once per configuration; test_shutdown must stay the
+last test here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def run(booted: BootedGuest, path: str, args: list[str], stdin: bytes | None = N
             raise AssertionError(f"{path} {args} still running after {EXEC_TIMEOUT:.0f} s: {status}\n"
                                  f"--- guest console (tail) ---\n{booted.guest.console_tail()}")
         time.sleep(0.05)
+
+
+def test_port_is_on_the_expected_transport(booted):
+    """The agent's port hangs off virtio-pci, or off a virtio-mmio device found through ACPI."""
+    status = run(booted, "/bin/sh", ["-c", "readlink -f /dev/virtio-ports/org.qemu.guest_agent.0; "
+                                     "readlink -f /sys/class/virtio-ports/$(basename $(readlink "
+                                     "/dev/virtio-ports/org.qemu.guest_agent.0))"])
+    dev, sysfs = unb64(status["out-data"]).decode().split()
+    assert dev.startswith("/dev/vport")
+    expected = {"pci": "/sys/devices/pci0000:00/", "mmio": "/sys/devices/platform/LNRO0005:"}
+    assert sysfs.startswith(expected[booted.guest.transport]), sysfs
 
 
 def test_ping(booted):
