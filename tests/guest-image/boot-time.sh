@@ -3,13 +3,13 @@
 # VIRTAGENT-GUEST-READY marker (agent about to open its port), N times per configuration.
 #
 # Usage: tests/guest-image/boot-time.sh [N] [IMAGE_DIR]   (default 5, .cache/guest; build.sh first)
-# Environment: MACHINES="pc q35" APPENDS="|quiet" AGENT=qemu-ga
+# Environment: MACHINES="pc q35 microvm,acpi=on" APPENDS="|quiet" AGENT=qemu-ga
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 N=${1:-5}
 IMG=${2:-$HERE/../../.cache/guest}
-MACHINES=${MACHINES:-pc q35}
+MACHINES=${MACHINES:-pc q35 microvm,acpi=on}
 APPENDS=${APPENDS:-|quiet}
 AGENT=${AGENT:-qemu-ga}
 if [ ! -s "$IMG/vmlinuz" ] || [ ! -s "$IMG/initramfs.cpio.gz" ]; then echo "no image in $IMG: run build.sh" >&2; exit 1; fi
@@ -21,9 +21,15 @@ boot_once() { # machine extra-append -> seconds to READY
     local m=$1 extra=$2 log="$WORK/console.log" start now pid
     : > "$log"
     start=$(date +%s%N)
-    qemu-system-x86_64 -accel tcg -M "$m" -m 512 -smp 1 -nodefaults -nographic -no-reboot \
-        -serial stdio -kernel "$IMG/vmlinuz" -initrd "$IMG/initramfs.cpio.gz" \
-        -append "console=ttyS0 panic=-1 agent=$AGENT $extra" -device virtio-serial \
+    local mach=(-M "$m" -nodefaults -serial stdio -device virtio-serial)
+    case "$m" in
+        # virtio-mmio in ACPI; microvm needs its defaults and the TSC rate (see docs/guest-image.md)
+        microvm*) mach=(-M "$m" -device virtio-serial-device)
+                  extra="$extra tsc_early_khz=$(awk -F': ' '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)" ;;
+    esac
+    qemu-system-x86_64 -accel tcg "${mach[@]}" -m 512 -smp 1 -nographic -no-reboot \
+        -kernel "$IMG/vmlinuz" -initrd "$IMG/initramfs.cpio.gz" \
+        -append "console=ttyS0 panic=-1 agent=$AGENT $extra" \
         -chardev "socket,path=$WORK/qga.sock,server=on,wait=off,id=qga0" \
         -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 </dev/null >"$log" 2>&1 &
     pid=$!
