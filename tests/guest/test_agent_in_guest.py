@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from conftest import BootedGuest, rootfs_file
-from qga import QgaError
+from guest_vm import BootedGuest, rootfs_file
+from guest_qga import QgaError
 
 EXEC_TIMEOUT = 30.0
 

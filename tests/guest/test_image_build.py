@@ -7,7 +7,7 @@ import hashlib
 import subprocess
 import time
 
-from conftest import BUILD
+from guest_vm import BUILD
 
 
 def build(*args: str) -> subprocess.CompletedProcess:
