@@ -173,12 +173,13 @@ mod_depends() {
     readelf -p .modinfo "$ko" | sed -n 's/.*\]  *depends=//p' | tr ',' ' '
 }
 visit_module() {
-    local m=${1//-/_} d
+    local m=${1//-/_} d deps
     [ -n "${MOD_SEEN[$m]:-}" ] && return 0
     MOD_SEEN[$m]=1
     if is_builtin "$m"; then BUILTIN_MODS+=("$m"); return 0; fi
     [ -n "${MODPATH[$m]:-}" ] || die "kernel $KREL has no module '$m' (neither built in nor in /lib/modules)"
-    for d in $(mod_depends "${MODPATH[$m]}"); do visit_module "$d"; done
+    deps=$(mod_depends "${MODPATH[$m]}") || die "cannot read the .modinfo of ${MODPATH[$m]}"
+    for d in $deps; do visit_module "$d"; done
     MOD_ORDER+=("$m")
 }
 for m in "${WANT_MODULES[@]}"; do visit_module "$m"; done
@@ -193,16 +194,17 @@ elf_libs() {
     [ -n "$interp" ] || return 0
     out=$(ldd "$bin" 2>&1) || die "ldd $bin failed: $out"
     if grep -q 'not found' <<<"$out"; then
-        die "libraries of $bin are missing on this machine (install its package, e.g. apt-get install qemu-guest-agent):
+        die "libraries of $bin are missing on this machine (install the packages that provide them; for qemu-ga: apt-get install qemu-guest-agent):
 $(grep 'not found' <<<"$out")"
     fi
     printf '%s\n' "$interp"
     sed -n 's/.*=> \(\/[^ ]*\) (0x.*/\1/p' <<<"$out"
 }
-while IFS= read -r l; do ELF_LIBS+=("$l"); done < <(
-    { elf_libs "$QGA_BIN"
-      for n in "${!AGENT_PATHS[@]}"; do elf_libs "${AGENT_PATHS[$n]}"; done
-    } | sort -u)
+# (A command substitution, not a process substitution: a die inside must stop the build.)
+ELF_LIST=$( { elf_libs "$QGA_BIN"
+              for n in "${!AGENT_PATHS[@]}"; do elf_libs "${AGENT_PATHS[$n]}"; done
+            } | sort -u)
+while IFS= read -r l; do [ -n "$l" ] && ELF_LIBS+=("$l"); done <<<"$ELF_LIST"
 lib_package() {
     local p=$1 r owner
     r=$(readlink -f "$p")
