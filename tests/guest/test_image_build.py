@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import shutil
 import subprocess
 import time
+
+import pytest
 
 from guest_vm import BUILD
 
@@ -60,3 +63,21 @@ def test_unknown_argument_is_rejected(tmp_path):
     res = build("--bogus")
     assert res.returncode != 0
     assert "unknown argument '--bogus'" in res.stderr
+
+
+def test_agent_with_a_missing_library_is_a_clear_error(tmp_path):
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) to make a dynamically linked test binary")
+    (tmp_path / "lib.c").write_text("int f(void) { return 1; }\n")
+    (tmp_path / "main.c").write_text("int f(void);\nint main(void) { return f(); }\n")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "libgone.so"), str(tmp_path / "lib.c")],
+                   check=True)
+    agent = tmp_path / "virtagent"
+    subprocess.run([cc, "-o", str(agent), str(tmp_path / "main.c"), f"-L{tmp_path}", "-lgone",
+                    f"-Wl,-rpath,{tmp_path}"], check=True)
+    (tmp_path / "libgone.so").unlink()
+    res = build("--out", str(tmp_path / "out"), "--agent", str(agent))
+    assert res.returncode != 0
+    assert "libraries of" in res.stderr and "libgone.so => not found" in res.stderr
+    assert not (tmp_path / "out" / "initramfs.cpio.gz").exists()
