@@ -30,7 +30,7 @@ KERNEL_META=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 BUSYBOX_PKG=busybox-static
 QGA_PKG=qemu-guest-agent
 # Modules the guest needs; any that the kernel has built in are skipped, dependencies are added.
-WANT_MODULES=(virtio virtio_ring virtio_pci virtio_mmio virtio_console virtio_blk loop)
+WANT_MODULES=(virtio virtio_ring virtio_pci virtio_mmio virtio_console virtio_blk loop button evdev)
 TESTFS_SIZE=16M
 TESTFS_UUID=5a7c0de0-0000-4000-8000-000000000001
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}

@@ -3,11 +3,14 @@ real Linux guest running an agent): build_image(), Image, Guest, TRANSPORTS, roo
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from guest_qga import QgaClient
 
@@ -92,6 +95,7 @@ class Guest:
         self.transport = transport
         self.console_path = workdir / "console.log"
         self.sock_path = workdir / "qga.sock"
+        self.qmp_path = workdir / "qmp.sock"
         self.cmd = [
             QEMU, "-accel", "tcg", "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
             *TRANSPORTS[transport][0],
@@ -99,6 +103,7 @@ class Guest:
             "-append", f"console=ttyS0 panic=-1 agent={agent}{TRANSPORTS[transport][1]}",
             "-chardev", f"socket,path={self.sock_path},server=on,wait=off,id=qga0",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
         self.started = time.monotonic()
         with open(self.console_path, "wb") as console:
@@ -146,10 +151,59 @@ class Guest:
                     raise self._fail(f"cannot connect to the agent socket {self.sock_path}") from None
                 time.sleep(0.05)
 
+    def qmp(self, command: str, arguments: dict | None = None, timeout: float = 10.0) -> Any:
+        """Run one command on QEMU's own QMP monitor (a fresh connection each time)."""
+        end = time.monotonic() + timeout
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(self.qmp_path))
+            lines = _Lines(sock, end)
+            greeting = lines.next()
+            if greeting is None or "QMP" not in json.loads(greeting):
+                raise self._fail(f"no QMP greeting on {self.qmp_path}")
+            for name, args in (("qmp_capabilities", None), (command, arguments)):
+                req: dict[str, Any] = {"execute": name}
+                if args is not None:
+                    req["arguments"] = args
+                sock.sendall(json.dumps(req).encode() + b"\r\n")
+                while True:
+                    line = lines.next()
+                    if line is None:
+                        raise self._fail(f"no QMP reply to {name} within {timeout:.0f} s")
+                    reply = json.loads(line)
+                    if "event" in reply:
+                        continue
+                    if "error" in reply:
+                        raise AssertionError(f"QMP {name}: {reply['error']}")
+                    break
+            return reply["return"]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class _Lines:
+    """CRLF/LF-terminated lines from a socket, bounded by a deadline."""
+
+    def __init__(self, sock: socket.socket, end: float):
+        self.sock, self.end, self.buf = sock, end, b""
+
+    def next(self) -> str | None:
+        while b"\n" not in self.buf:
+            left = self.end - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            if not data:
+                return None
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
 
 
 @dataclass
