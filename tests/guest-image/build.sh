@@ -8,6 +8,7 @@
 # the libraries of dynamically linked agents are copied from this machine (as listed by ldd) and their
 # owning packages recorded in the manifest. Output (default .cache/guest/):
 #   vmlinuz            the kernel (bzImage)
+#   linux.uml          Debian's User-Mode Linux kernel; the same initramfs boots under it
 #   initramfs.cpio.gz  cpio newc, gzip -n; byte-identical for identical inputs
 #   manifest.txt       package versions, libraries, agents, modules, checksums
 #   inputs.sha256      hash of every input; the build is skipped when it matches
@@ -29,8 +30,11 @@ FORCE=0
 KERNEL_META=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 BUSYBOX_PKG=busybox-static
 QGA_PKG=qemu-guest-agent
+UML_PKG=user-mode-linux
 # Modules the guest needs; any that the kernel has built in are skipped, dependencies are added.
 WANT_MODULES=(virtio virtio_ring virtio_pci virtio_mmio virtio_console virtio_blk loop button evdev)
+# The same initramfs also boots Debian's User-Mode Linux kernel (virtio_uml is built in there).
+UML_WANT_MODULES=(virtio virtio_ring virtio_console virtio_blk loop)
 TESTFS_SIZE=16M
 TESTFS_UUID=5a7c0de0-0000-4000-8000-000000000001
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
@@ -139,10 +143,13 @@ BB_VER=$(pkg_version "$BUSYBOX_PKG")
 BB_DEB=$(fetch_deb "$BUSYBOX_PKG" "$BB_VER")
 QGA_VER=$(pkg_version "$QGA_PKG")
 QGA_DEB=$(fetch_deb "$QGA_PKG" "$QGA_VER")
+UML_VER=$(pkg_version "$UML_PKG")
+UML_DEB=$(fetch_deb "$UML_PKG" "$UML_VER")
 
 KDIR=$(extract_deb "$KDEB")
 BBDIR=$(extract_deb "$BB_DEB")
 QGADIR=$(extract_deb "$QGA_DEB")
+UMLDIR=$(extract_deb "$UML_DEB")
 
 VMLINUZ=$(find "$KDIR/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | sed -n 1p)
 [ -n "$VMLINUZ" ] || die "$KPKG contains no /boot/vmlinuz-*"
@@ -153,18 +160,18 @@ BUSYBOX="$BBDIR/bin/busybox"
 [ -x "$BUSYBOX" ] || die "$BUSYBOX_PKG contains no /bin/busybox"
 QGA_BIN="$QGADIR/usr/sbin/qemu-ga"
 [ -x "$QGA_BIN" ] || die "$QGA_PKG contains no /usr/sbin/qemu-ga"
+UML_BIN="$UMLDIR/usr/bin/linux.uml"
+[ -x "$UML_BIN" ] || die "$UML_PKG contains no /usr/bin/linux.uml"
+UML_REL=$(find "$UMLDIR/usr/lib/uml/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | sed -n 1p)
+[ -n "$UML_REL" ] || die "$UML_PKG contains no /usr/lib/uml/modules/<release>"
 
 # ---------------------------------------------------------------------------------------------------
 # Kernel modules: skip built-ins, add dependencies (from each module's .modinfo "depends="), order
 # dependencies first. The resulting list is what the guest's init loads with insmod.
 declare -A MODPATH=() MOD_SEEN=()
-while IFS= read -r ko; do
-    n=${ko##*/}; n=${n%.ko*}; n=${n//-/_}
-    MODPATH[$n]=$ko
-done < <(find "$MODDIR/kernel" -name '*.ko' -o -name '*.ko.xz' | sort)
-is_builtin() { sed 's#.*/##; s#\.ko$##; s#-#_#g' "$MODDIR/modules.builtin" | grep -x "$1" >/dev/null; }
-MOD_ORDER=()
+MOD_ITEMS=()
 BUILTIN_MODS=()
+is_builtin() { sed 's#.*/##; s#\.ko$##; s#-#_#g' "$MODDIR/modules.builtin" | grep -x "$1" >/dev/null; }
 mod_depends() {
     local ko=$1
     case "$ko" in
@@ -177,12 +184,29 @@ visit_module() {
     [ -n "${MOD_SEEN[$m]:-}" ] && return 0
     MOD_SEEN[$m]=1
     if is_builtin "$m"; then BUILTIN_MODS+=("$m"); return 0; fi
-    [ -n "${MODPATH[$m]:-}" ] || die "kernel $KREL has no module '$m' (neither built in nor in /lib/modules)"
+    [ -n "${MODPATH[$m]:-}" ] || die "kernel $MODREL has no module '$m' (neither built in nor in $MODDIR)"
     deps=$(mod_depends "${MODPATH[$m]}") || die "cannot read the .modinfo of ${MODPATH[$m]}"
     for d in $deps; do visit_module "$d"; done
-    MOD_ORDER+=("$m")
+    MOD_ITEMS+=("$m ${MODPATH[$m]}")
 }
-for m in "${WANT_MODULES[@]}"; do visit_module "$m"; done
+# plan_modules MODULE_DIR RELEASE WANTED...: sets MOD_ITEMS ("name path", load order) and BUILTIN_MODS.
+plan_modules() {
+    MODDIR=$1 MODREL=$2
+    shift 2
+    [ -f "$MODDIR/modules.builtin" ] || die "$MODDIR/modules.builtin is missing"
+    MODPATH=() MOD_SEEN=() MOD_ITEMS=() BUILTIN_MODS=()
+    while IFS= read -r ko; do
+        n=${ko##*/}; n=${n%.ko*}; n=${n//-/_}
+        MODPATH[$n]=$ko
+    done < <(find "$MODDIR/kernel" -name '*.ko' -o -name '*.ko.xz' | sort)
+    for m in "$@"; do visit_module "$m"; done
+}
+plan_modules "$MODDIR" "$KREL" "${WANT_MODULES[@]}"
+K_ITEMS=("${MOD_ITEMS[@]}")
+K_BUILTIN=("${BUILTIN_MODS[@]+"${BUILTIN_MODS[@]}"}")
+plan_modules "$UMLDIR/usr/lib/uml/modules/$UML_REL" "$UML_REL" "${UML_WANT_MODULES[@]}"
+U_ITEMS=("${MOD_ITEMS[@]}")
+U_BUILTIN=("${BUILTIN_MODS[@]+"${BUILTIN_MODS[@]}"}")
 rm -f "$CACHE/.modinfo.ko"
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,13 +246,13 @@ inputs() {
     echo "format 1"
     echo "source-date-epoch $SOURCE_DATE_EPOCH"
     echo "testfs $TESTFS_SIZE $TESTFS_UUID"
-    echo "modules ${WANT_MODULES[*]}"
+    echo "modules ${WANT_MODULES[*]} uml ${UML_WANT_MODULES[*]}"
     echo "script $(sha "${BASH_SOURCE[0]}")"
     (cd "$HERE/rootfs" && find . -type f | sort | while IFS= read -r f; do
         if [ -x "$f" ]; then mode=0755; else mode=0644; fi
         echo "rootfs $f $mode $(sha "$f")"
     done)
-    for d in "$KMETA_DEB" "$KDEB" "$BB_DEB" "$QGA_DEB"; do echo "deb $(basename "$d") $(sha "$d")"; done
+    for d in "$KMETA_DEB" "$KDEB" "$BB_DEB" "$QGA_DEB" "$UML_DEB"; do echo "deb $(basename "$d") $(sha "$d")"; done
     for l in "${ELF_LIBS[@]+"${ELF_LIBS[@]}"}"; do echo "lib $l $(sha "$l")"; done
     for n in $(printf '%s\n' "${!AGENT_PATHS[@]}" | sort); do echo "agent $n $(sha "${AGENT_PATHS[$n]}")"; done
     mkfs.ext4 -V 2>&1 | sed -n 1p
@@ -237,7 +261,8 @@ inputs() {
 }
 KEY=$(inputs | sha256sum | cut -d' ' -f1)
 if [ "$FORCE" = 0 ] && [ -f "$OUT/inputs.sha256" ] && [ "$(cat "$OUT/inputs.sha256")" = "$KEY" ] &&
-   [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initramfs.cpio.gz" ] && [ -s "$OUT/manifest.txt" ]; then
+   [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/linux.uml" ] && [ -s "$OUT/initramfs.cpio.gz" ] &&
+   [ -s "$OUT/manifest.txt" ]; then
     log "up to date: $OUT (inputs $KEY)"
     exit 0
 fi
@@ -249,7 +274,7 @@ trap 'rm -rf "$STAGE"' EXIT
 R="$STAGE/root"
 mkdir -p "$R"
 for d in bin sbin usr/bin usr/sbin lib lib64 etc proc sys dev run tmp mnt/test root var \
-         "lib/modules/$KREL" usr/share/virtagent-guest; do
+         usr/share/virtagent-guest; do
     mkdir -p "$R/$d"
 done
 chmod 1777 "$R/tmp"
@@ -284,17 +309,25 @@ for l in "${ELF_LIBS[@]+"${ELF_LIBS[@]}"}"; do
     chmod 0755 "$R$l"
 done
 
-: > "$R/etc/modules.order"
-for m in "${MOD_ORDER[@]}"; do
-    src=${MODPATH[$m]}
-    case "$src" in
-        *.xz) xz -dc "$src" > "$R/lib/modules/$KREL/$m.ko" ;;
-        *) cp "$src" "$R/lib/modules/$KREL/$m.ko" ;;
-    esac
-    chmod 0644 "$R/lib/modules/$KREL/$m.ko"
-    echo "$m" >> "$R/etc/modules.order"
-done
-echo "$KREL" > "$R/etc/kernel-release"
+# Modules per kernel release: /lib/modules/<release>/<name>.ko, load order in /etc/modules.order.<release>
+# (the init picks the list of the running kernel).
+install_modules() { # release items...
+    local rel=$1 item m src
+    shift
+    mkdir -p "$R/lib/modules/$rel"
+    : > "$R/etc/modules.order.$rel"
+    for item in "$@"; do
+        m=${item%% *} src=${item#* }
+        case "$src" in
+            *.xz) xz -dc "$src" > "$R/lib/modules/$rel/$m.ko" ;;
+            *) cp "$src" "$R/lib/modules/$rel/$m.ko" ;;
+        esac
+        chmod 0644 "$R/lib/modules/$rel/$m.ko"
+        echo "$m" >> "$R/etc/modules.order.$rel"
+    done
+}
+install_modules "$KREL" "${K_ITEMS[@]}"
+install_modules "$UML_REL" "${U_ITEMS[@]}"
 
 # A small ext4 filesystem, loop-mounted by init at /mnt/test (fsfreeze needs a real filesystem).
 # Empty (mkfs -d would record the staged files' ctimes); E2FSPROGS_FAKE_TIME, -U and hash_seed make
@@ -325,6 +358,8 @@ find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     echo "package $KPKG $KVER"
     echo "package $BUSYBOX_PKG $BB_VER"
     echo "package $QGA_PKG $QGA_VER"
+    echo "package $UML_PKG $UML_VER"
+    echo "uml-kernel-release $UML_REL"
     for l in "${ELF_LIBS[@]+"${ELF_LIBS[@]}"}"; do echo "library $l $(lib_package "$l") $(sha "$l")"; done
     for n in $(printf '%s\n' "${!AGENT_PATHS[@]}" | sort); do
         kind=static
@@ -332,9 +367,12 @@ find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
         echo "agent $n /usr/bin/$n $kind $(sha "${AGENT_PATHS[$n]}")"
     done
     echo "agent qemu-ga /usr/sbin/qemu-ga dynamic $(sha "$QGA_BIN")"
-    echo "modules-loaded ${MOD_ORDER[*]}"
-    echo "modules-builtin ${BUILTIN_MODS[*]+"${BUILTIN_MODS[*]}"}"
+    echo "modules-loaded $(printf '%s\n' "${K_ITEMS[@]}" | cut -d' ' -f1 | tr '\n' ' ' | sed 's/ $//')"
+    echo "modules-builtin ${K_BUILTIN[*]+"${K_BUILTIN[*]}"}"
+    echo "uml-modules-loaded $(printf '%s\n' "${U_ITEMS[@]}" | cut -d' ' -f1 | tr '\n' ' ' | sed 's/ $//')"
+    echo "uml-modules-builtin ${U_BUILTIN[*]+"${U_BUILTIN[*]}"}"
     echo "vmlinuz $(sha "$VMLINUZ")"
+    echo "linux.uml $(sha "$UML_BIN")"
     echo "initramfs $(sha "$STAGE/initramfs.cpio.gz")"
 } > "$STAGE/manifest.txt"
 
@@ -343,8 +381,9 @@ find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 publish() { install -m 0644 "$1" "$OUT/.$2.tmp" && mv -f "$OUT/.$2.tmp" "$OUT/$2"; }
 rm -f "$OUT/inputs.sha256"
 publish "$VMLINUZ" vmlinuz
+install -m 0755 "$UML_BIN" "$OUT/.linux.uml.tmp" && mv -f "$OUT/.linux.uml.tmp" "$OUT/linux.uml"
 publish "$STAGE/initramfs.cpio.gz" initramfs.cpio.gz
 publish "$STAGE/manifest.txt" manifest.txt
 echo "$KEY" > "$STAGE/inputs.sha256"
 publish "$STAGE/inputs.sha256" inputs.sha256
-log "built $OUT (kernel $KREL, agents: $AGENT_LIST, initramfs $(stat -c %s "$OUT/initramfs.cpio.gz") bytes)"
+log "built $OUT (kernels $KREL and UML $UML_REL, agents: $AGENT_LIST, initramfs $(stat -c %s "$OUT/initramfs.cpio.gz") bytes)"

@@ -19,9 +19,17 @@ from guest_vm import (  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def image(tmp_path_factory) -> Image:
-    if shutil.which(QEMU) is None:
+def qemu() -> str:
+    """Skips (with the reason) where QEMU is not installed."""
+    path = shutil.which(QEMU)
+    if path is None:
         pytest.skip(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory) -> Image:
+    """The guest image every test of the session boots (with virtagent when VIRTAGENT_BIN is set)."""
     staged = None
     agent = os.environ.get("VIRTAGENT_BIN")
     if agent:
@@ -42,7 +50,7 @@ CONFIGS = [(agent, transport) for agent in AGENTS for transport in TRANSPORTS]
 
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=[f"{a}-{t}" for a, t in CONFIGS])
-def booted(request, image, tmp_path_factory) -> BootedGuest:
+def booted(request, qemu, image, tmp_path_factory) -> BootedGuest:
     """A guest booted once per agent and transport (module scope), the agent already synced."""
     agent, transport = request.param
     if agent == "virtagent" and not os.environ.get("VIRTAGENT_BIN"):

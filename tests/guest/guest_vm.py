@@ -1,5 +1,6 @@
-"""The guest image and QEMU TCG guests booted from it, for tests/guest (and any test that needs a
-real Linux guest running an agent): build_image(), Image, Guest, TRANSPORTS, rootfs_file()."""
+"""The guest image and guests booted from it, for tests/guest (and any test that needs a real Linux
+guest running an agent): build_image(), Image, Guest (QEMU TCG), UmlGuest (User-Mode Linux),
+TRANSPORTS, rootfs_file()."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ class Image:
     @property
     def kernel_release(self) -> str:
         return self.manifest["kernel-release"][0]
+
+    @property
+    def uml_kernel(self) -> Path:
+        return self.kernel.parent / "linux.uml"
+
+    @property
+    def uml_kernel_release(self) -> str:
+        return self.manifest["uml-kernel-release"][0]
 
 
 def _read_manifest(path: Path) -> dict[str, list[str]]:
@@ -87,8 +96,60 @@ TRANSPORTS = {
 }
 
 
-class Guest:
+class _Machine:
+    """A guest process whose console (stdout) is captured in a file; bounded waits on it."""
+
+    name = "guest"
+    cmd: list[str]
+    proc: subprocess.Popen
+    console_path: Path
+
+    def _spawn(self, stdin) -> None:
+        self.started = time.monotonic()
+        with open(self.console_path, "wb") as console:
+            self.proc = subprocess.Popen(self.cmd, stdin=stdin, stdout=console,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console().splitlines()[-lines:])
+
+    def _fail(self, what: str) -> AssertionError:
+        return AssertionError(f"{what}\ncommand: {' '.join(self.cmd)}\n"
+                              f"--- guest console (tail) ---\n{self.console_tail()}")
+
+    def wait_console(self, marker: str, timeout: float, count: int = 1) -> None:
+        """Wait until `marker` appeared `count` times on the console."""
+        end = time.monotonic() + timeout
+        while self.console().count(marker) < count:
+            if self.proc.poll() is not None:
+                raise self._fail(f"{self.name} exited (status {self.proc.returncode}) before the "
+                                 f"console showed {marker!r}")
+            if time.monotonic() > end:
+                raise self._fail(f"no {marker!r} on the guest console within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise self._fail(f"{self.name} still running {timeout:.0f} s later") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Guest(_Machine):
     """One QEMU TCG guest; console on stdout (captured in a file), agent port on a unix socket."""
+
+    name = "QEMU"
 
     def __init__(self, image: Image, agent: str, transport: str, workdir: Path):
         self.agent = agent
@@ -105,41 +166,8 @@ class Guest:
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
-        self.started = time.monotonic()
-        with open(self.console_path, "wb") as console:
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=console,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self._spawn(subprocess.DEVNULL)
         self.ready_after: float | None = None
-
-    def console(self) -> str:
-        try:
-            return self.console_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def console_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.console().splitlines()[-lines:])
-
-    def _fail(self, what: str) -> AssertionError:
-        return AssertionError(f"{what}\nqemu: {' '.join(self.cmd)}\n"
-                              f"--- guest console (tail) ---\n{self.console_tail()}")
-
-    def wait_console(self, marker: str, timeout: float, count: int = 1) -> None:
-        """Wait until `marker` appeared `count` times on the console."""
-        end = time.monotonic() + timeout
-        while self.console().count(marker) < count:
-            if self.proc.poll() is not None:
-                raise self._fail(f"QEMU exited (status {self.proc.returncode}) before the console "
-                                 f"showed {marker!r}")
-            if time.monotonic() > end:
-                raise self._fail(f"no {marker!r} on the guest console within {timeout:.0f} s")
-            time.sleep(0.05)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise self._fail(f"QEMU still running {timeout:.0f} s later") from None
 
     def connect(self, timeout: float = 10.0) -> QgaClient:
         end = time.monotonic() + timeout
@@ -177,10 +205,28 @@ class Guest:
                     break
             return reply["return"]
 
+class UmlGuest(_Machine):
+    """The same initramfs under Debian's User-Mode Linux kernel (linux.uml from the build output); the
+    console is stdin/stdout, so `type()` can drive the guest's shell. `extra` adds kernel arguments,
+    e.g. virtio_uml.device=SOCKET:3 for a vhost-user virtio-console device."""
+
+    name = "User-Mode Linux"
+
+    def __init__(self, image: Image, workdir: Path, agent: str = "qemu-ga", extra: tuple[str, ...] = ()):
+        self.console_path = workdir / "console.log"
+        self.cmd = [str(image.uml_kernel), "mem=256M", f"initrd={image.initrd}", "con0=fd:0,fd:1",
+                    "con=null", "ssl=null", "panic=-1", f"agent={agent}", *extra]
+        self._spawn(subprocess.PIPE)
+
+    def type(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        super().stop()
 
 
 class _Lines:

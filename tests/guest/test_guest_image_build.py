@@ -27,7 +27,7 @@ def test_same_inputs_give_identical_bytes_and_skip_rebuild(tmp_path):
     assert first.returncode == 0, first.stderr
     second = build("--out", str(b), "--force")
     assert second.returncode == 0, second.stderr
-    for name in ["vmlinuz", "initramfs.cpio.gz", "manifest.txt"]:
+    for name in ["vmlinuz", "linux.uml", "initramfs.cpio.gz", "manifest.txt"]:
         assert sha(a / name) == sha(b / name), f"{name} differs between two builds of the same inputs"
     # newc archive, gzip without a name or timestamp in its header.
     raw = (a / "initramfs.cpio.gz").read_bytes()
@@ -43,7 +43,8 @@ def test_same_inputs_give_identical_bytes_and_skip_rebuild(tmp_path):
 
     manifest = (a / "manifest.txt").read_text()
     for key in ["kernel-release ", "package linux-image-cloud-amd64 ", "package busybox-static ",
-                "package qemu-guest-agent ", "agent qemu-ga /usr/sbin/qemu-ga ", "modules-loaded "]:
+                "package qemu-guest-agent ", "package user-mode-linux ", "uml-kernel-release ",
+                "agent qemu-ga /usr/sbin/qemu-ga ", "modules-loaded ", "uml-modules-loaded "]:
         assert key in manifest, f"{key!r} missing from manifest:\n{manifest}"
     loaded = next(line for line in manifest.splitlines() if line.startswith("modules-loaded "))
     mods = loaded.split()[1:]

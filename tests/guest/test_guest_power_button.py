@@ -12,7 +12,7 @@ from guest_vm import BOOT_TIMEOUT, READY_MARKER, TRANSPORTS, Guest
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_system_powerdown_powers_the_guest_off(image, tmp_path, transport):
+def test_system_powerdown_powers_the_guest_off(qemu, image, tmp_path, transport):
     guest = Guest(image, "qemu-ga", transport, tmp_path)
     try:
         guest.wait_console(f"{READY_MARKER} agent=qemu-ga", BOOT_TIMEOUT)
