@@ -125,7 +125,8 @@ extract_deb() {
     if [ ! -d "$dir" ]; then
         tmp=$(mktemp -d "$CACHE/pkgs/.x.XXXXXX")
         dpkg-deb -x "$deb" "$tmp" || { rm -rf "$tmp"; die "cannot extract $deb"; }
-        mv "$tmp" "$dir"
+        # A concurrent build may have won the race: keep its copy.
+        mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
     fi
     printf '%s\n' "$dir"
 }
