@@ -109,7 +109,10 @@ impl Agent {
                 .allowed
                 .as_ref()
                 .map_or(true, |a| a.iter().any(|n| n == c.name));
-            if !allowed || config.blocked.iter().any(|n| n == c.name) {
+            if !allowed
+                || config.blocked.iter().any(|n| n == c.name)
+                || commands::DISABLED_ON_LINUX.contains(&c.name)
+            {
                 disabled.insert(c.name);
             }
         }

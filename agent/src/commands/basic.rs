@@ -38,3 +38,11 @@ pub fn info(ctx: &Ctx, a: Args) -> QgaResult<Value> {
         .collect();
     Ok(json!({"version": VERSION, "supported_commands": cmds}))
 }
+
+/// guest-get-devices: Windows only; listed but disabled on Linux.
+pub fn get_devices(_: &Ctx, a: Args) -> QgaResult<Value> {
+    a.finish()?;
+    Err(crate::error::QgaError::generic(
+        "this feature or command is not currently supported",
+    ))
+}

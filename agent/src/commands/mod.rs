@@ -107,7 +107,11 @@ static COMMANDS: &[CommandDef] = &[
     cmd("guest-get-diskstats", storage::get_diskstats),
     cmd("guest-get-cpustats", sysinfo::get_cpustats),
     cmd("guest-get-load", sysinfo::get_load),
+    cmd("guest-get-devices", basic::get_devices),
 ];
+
+/// Commands listed by guest-info but disabled on Linux (as qemu-ga).
+pub const DISABLED_ON_LINUX: &[&str] = &["guest-get-devices"];
 
 /// Every command this agent implements.
 pub fn all() -> &'static [CommandDef] {
