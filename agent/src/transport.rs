@@ -120,6 +120,15 @@ fn open_device(path: &str, raw_tty: bool) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// True when `path` no longer refers to the device `f` has open.
+fn path_changed(path: &str, f: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), f.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() != b.ino() || a.rdev() != b.rdev(),
+        _ => true,
+    }
+}
+
 fn serve_device(agent: &mut Agent, path: &str, raw_tty: bool) -> std::io::Result<()> {
     let mut buf = vec![0u8; READ_BUF];
     let mut out = Vec::with_capacity(READ_BUF);
@@ -145,6 +154,12 @@ fn serve_device(agent: &mut Agent, path: &str, raw_tty: bool) -> std::io::Result
                 // Host side not connected: qemu-ga polls every 100 ms.
                 Ok(0) => {
                     std::thread::sleep(RETRY_INTERVAL);
+                    // A hung-up tty or a replaced device node also reads as
+                    // EOF: reopen when the path no longer names our device.
+                    if path_changed(path, &dev) {
+                        log::info!("{path} went away; reopening");
+                        break;
+                    }
                     continue;
                 }
                 Ok(n) => n,
