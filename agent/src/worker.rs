@@ -37,9 +37,16 @@ pub enum WorkerError {
 #[derive(Default)]
 pub struct Cleanups {
     list: Mutex<Vec<Cleanup>>,
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl Cleanups {
+    /// True once the command timed out: an abandoned command checks this
+    /// before each step with lasting effects and stops.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
     /// Registers `f` to run if the current command times out.
     pub fn on_timeout(&self, f: impl FnOnce() + Send + 'static) {
         if let Ok(mut l) = self.list.lock() {
@@ -63,6 +70,7 @@ impl Cleanups {
     }
 
     fn run_all(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
         let list = match self.list.lock() {
             Ok(mut l) => std::mem::take(&mut *l),
             Err(_) => return,

@@ -37,7 +37,8 @@ fn ioctl_int(f: &File, req: libc::c_ulong) -> std::io::Result<()> {
     }
 }
 
-fn run_hook(shared: &Shared, arg: &str) -> QgaResult<()> {
+fn run_hook(ctx: &Ctx, arg: &str) -> QgaResult<()> {
+    let shared = &ctx.shared;
     let Some(hook) = &shared.config.fsfreeze_hook else {
         return Ok(());
     };
@@ -50,11 +51,21 @@ fn run_hook(shared: &Shared, arg: &str) -> QgaResult<()> {
             &e,
         ));
     }
-    let st = std::process::Command::new(hook)
+    let mut child = std::process::Command::new(hook)
         .arg(arg)
         .stdin(std::process::Stdio::null())
-        .status()
+        .spawn()
         .map_err(|e| QgaError::io("failed to execute fsfreeze hook", &e))?;
+    // A hook that hangs past the timeout is killed.
+    let pid = child.id() as libc::pid_t;
+    ctx.cleanups.on_timeout(move || {
+        // SAFETY: kill(2) on the hook's pid; the worker has not reaped it
+        // yet because it is still waiting for it.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let st = child
+        .wait()
+        .map_err(|e| QgaError::io("failed to wait for fsfreeze hook", &e))?;
     if !st.success() {
         return Err(QgaError::generic(format!(
             "fsfreeze hook has failed with status {}",
@@ -101,7 +112,10 @@ pub fn status(ctx: &Ctx, a: Args) -> QgaResult<Value> {
 
 fn do_freeze(ctx: &Ctx, list: Option<Vec<String>>) -> QgaResult<Value> {
     let shared = ctx.shared.clone();
-    run_hook(&shared, "freeze")?;
+    run_hook(ctx, "freeze")?;
+    if ctx.cleanups.is_cancelled() {
+        return Err(QgaError::generic("freeze abandoned after a timeout"));
+    }
     set_frozen(&shared);
     // If freezing hangs past the timeout, undo what was done.
     let s2 = shared.clone();
@@ -120,6 +134,10 @@ fn do_freeze(ctx: &Ctx, list: Option<Vec<String>>) -> QgaResult<Value> {
         // Freeze each device once (bind mounts share the superblock).
         if !seen.insert((m.major, m.minor)) {
             continue;
+        }
+        if ctx.cleanups.is_cancelled() {
+            let _ = thaw_all(&shared);
+            return Err(QgaError::generic("freeze abandoned after a timeout"));
         }
         let f = match File::open(&m.dir) {
             Ok(f) => f,
@@ -203,7 +221,7 @@ pub fn thaw_all(shared: &Arc<Shared>) -> i64 {
 pub fn thaw(ctx: &Ctx, a: Args) -> QgaResult<Value> {
     a.finish()?;
     let n = thaw_all(&ctx.shared);
-    run_hook(&ctx.shared, "thaw")?;
+    run_hook(ctx, "thaw")?;
     Ok(json!(n))
 }
 
