@@ -209,7 +209,7 @@ fn pty_line(m: &mut File, acc: &mut Vec<u8>) -> Vec<u8> {
 }
 
 fn start_on_device(method: &str, path: &Path, dir: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_virtagent"))
+    Command::new(common::virtagent_bin())
         .args(["-m", method, "-p"])
         .arg(path)
         .arg("-t")

@@ -15,6 +15,12 @@ use serde_json::{json, Value};
 /// Path of qemu-ga, the reference agent.
 pub const QEMU_GA: &str = "/usr/sbin/qemu-ga";
 
+/// The virtagent binary under test: `$VIRTAGENT_BIN` (e.g. the static
+/// release build) or the one cargo built for this test run.
+pub fn virtagent_bin() -> String {
+    std::env::var("VIRTAGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_virtagent").to_string())
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh private directory under /tmp.
@@ -51,7 +57,7 @@ impl AgentProc {
         let dir = temp_dir(tag);
         let sock = dir.join("agent.sock");
         let bin = match kind {
-            Kind::Virtagent => env!("CARGO_BIN_EXE_virtagent").to_string(),
+            Kind::Virtagent => virtagent_bin(),
             Kind::QemuGa => QEMU_GA.to_string(),
         };
         let child = Command::new(&bin)
