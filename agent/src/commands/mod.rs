@@ -93,7 +93,7 @@ static COMMANDS: &[CommandDef] = &[
         "guest-get-memory-block-info",
         vcpu_mem::get_memory_block_info,
     ),
-    cmd("guest-exec-status", exec::exec_status),
+    inline("guest-exec-status", exec::exec_status),
     cmd("guest-exec", exec::exec),
     cmd("guest-get-host-name", sysinfo::get_host_name),
     cmd("guest-get-users", sysinfo::get_users),
