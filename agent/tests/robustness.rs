@@ -329,3 +329,62 @@ fn hostile_bytes_never_kill_the_agent() {
     assert_eq!(ret(&c.cmd("guest-ping", Value::Null)), &json!({}));
     let _ = Client::connect(&agent.sock);
 }
+
+#[test]
+fn daemonize_pidfile_and_clean_exit() {
+    let dir = temp_dir("daemon");
+    let sock = dir.join("sock");
+    let pidfile = dir.join("agent.pid");
+    let st = Command::new(common::virtagent_bin())
+        .args(["-d", "-m", "unix-listen", "-p"])
+        .arg(&sock)
+        .arg("-t")
+        .arg(&dir)
+        .arg("-f")
+        .arg(&pidfile)
+        .status()
+        .expect("start");
+    assert!(st.success(), "the foreground process exits 0 after forking");
+    let t0 = Instant::now();
+    while !(pidfile.exists() && sock.exists()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut c = Client::connect(&sock);
+    assert_eq!(ret(&c.cmd("guest-ping", Value::Null)), &json!({}));
+    // A second instance refuses the locked pid file.
+    let second = Command::new(common::virtagent_bin())
+        .args(["-m", "unix-listen", "-p"])
+        .arg(dir.join("sock2"))
+        .arg("-t")
+        .arg(&dir)
+        .arg("-f")
+        .arg(&pidfile)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !second.success(),
+        "second instance started despite the pid file lock"
+    );
+    // SAFETY: signalling the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while pidfile.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "pid file not removed at exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
