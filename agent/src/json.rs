@@ -40,12 +40,13 @@ enum Kind {
     Keyword,
 }
 
-#[derive(Debug)]
+/// A token: its kind and the range of its raw text in the streamer's
+/// arena (strings keep their quotes and escapes).
+#[derive(Debug, Clone, Copy)]
 struct Token {
     kind: Kind,
-    /// Raw token text. For strings: the bytes between the quotes, escapes
-    /// still in place; the quote character is stored in `quote`.
-    text: Vec<u8>,
+    start: u32,
+    end: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +70,13 @@ enum Lex {
 #[derive(Debug)]
 pub struct Streamer {
     state: Lex,
-    cur: Vec<u8>,
+    /// Text of all tokens of the message being assembled, back to back.
+    arena: Vec<u8>,
+    /// Where the token being lexed starts in `arena`.
+    cur_start: usize,
     tokens: Vec<Token>,
     braces: i64,
     brackets: i64,
-    size: usize,
 }
 
 impl Default for Streamer {
@@ -91,25 +94,32 @@ impl Streamer {
     pub fn new() -> Self {
         Streamer {
             state: Lex::Start,
-            cur: Vec::new(),
+            arena: Vec::new(),
+            cur_start: 0,
             tokens: Vec::new(),
             braces: 0,
             brackets: 0,
-            size: 0,
         }
     }
 
     /// True when no partial message is buffered.
     pub fn is_idle(&self) -> bool {
-        self.tokens.is_empty() && self.cur.is_empty() && matches!(self.state, Lex::Start)
+        self.tokens.is_empty() && self.arena.is_empty() && matches!(self.state, Lex::Start)
     }
 
     fn reset_stream(&mut self) {
         self.tokens.clear();
-        self.tokens.shrink_to(64);
+        self.arena.clear();
+        self.cur_start = 0;
+        // Give back memory after a huge message.
+        if self.arena.capacity() > 1 << 20 {
+            self.arena.shrink_to(4096);
+        }
+        if self.tokens.capacity() > 1 << 16 {
+            self.tokens.shrink_to(64);
+        }
         self.braces = 0;
         self.brackets = 0;
-        self.size = 0;
     }
 
     /// Feeds bytes; every complete message or error is passed to `out`.
@@ -120,18 +130,22 @@ impl Streamer {
     }
 
     fn lex_error(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
-        self.cur.push(b);
-        let text = String::from_utf8_lossy(&self.cur).into_owned();
-        self.cur.clear();
+        self.arena.push(b);
+        let text = String::from_utf8_lossy(&self.arena[self.cur_start..]).into_owned();
         self.reset_stream();
         self.state = Lex::Recovery;
         out(Parsed::Error(format!("JSON parse error, stray '{text}'")));
     }
 
     fn finish(&mut self, kind: Kind, out: &mut dyn FnMut(Parsed)) {
-        let text = std::mem::take(&mut self.cur);
+        let tok = Token {
+            kind,
+            start: self.cur_start as u32,
+            end: self.arena.len() as u32,
+        };
+        self.cur_start = self.arena.len();
         self.state = Lex::Start;
-        self.push_token(Token { kind, text }, out);
+        self.push_token(tok, out);
     }
 
     fn feed_byte(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
@@ -160,37 +174,37 @@ impl Streamer {
                         b',' => Kind::Comma,
                         b'"' | b'\'' => {
                             self.state = Lex::Str(b);
-                            self.cur.push(b);
+                            self.arena.push(b);
                             return;
                         }
                         b'-' => {
                             self.state = Lex::Neg;
-                            self.cur.push(b);
+                            self.arena.push(b);
                             return;
                         }
                         b'0' => {
                             self.state = Lex::Zero;
-                            self.cur.push(b);
+                            self.arena.push(b);
                             return;
                         }
                         b'1'..=b'9' => {
                             self.state = Lex::Int;
-                            self.cur.push(b);
+                            self.arena.push(b);
                             return;
                         }
                         b'a'..=b'z' => {
                             self.state = Lex::Keyword;
-                            self.cur.push(b);
+                            self.arena.push(b);
                             return;
                         }
                         _ => return self.lex_error(b, out),
                     };
-                    self.cur.push(b);
+                    self.arena.push(b);
                     return self.finish(kind, out);
                 }
                 Lex::Str(q) => {
                     if b == q {
-                        self.cur.push(b);
+                        self.arena.push(b);
                         return self.finish(Kind::Str, out);
                     }
                     match b {
@@ -304,10 +318,8 @@ impl Streamer {
 
     /// Appends a byte to the token being lexed, enforcing the size limit.
     fn push_cur(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
-        self.cur.push(b);
-        if self.size + self.cur.len() > MAX_TOKEN_SIZE {
-            self.cur.clear();
-            self.cur.shrink_to(64);
+        self.arena.push(b);
+        if self.arena.len() > MAX_TOKEN_SIZE {
             self.reset_stream();
             self.state = Lex::Recovery;
             out(Parsed::Error("JSON token size limit exceeded".into()));
@@ -322,15 +334,14 @@ impl Streamer {
             Kind::RSquare => self.brackets -= 1,
             _ => {}
         }
-        self.size += tok.text.len();
         self.tokens.push(tok);
         if self.braces < 0 || self.brackets < 0 || (self.braces == 0 && self.brackets == 0) {
-            let tokens = std::mem::take(&mut self.tokens);
+            let parsed = parse_tokens(&self.tokens, &self.arena);
             self.reset_stream();
-            out(parse_tokens(&tokens));
+            out(parsed);
             return;
         }
-        let err = if self.size > MAX_TOKEN_SIZE {
+        let err = if self.arena.len() > MAX_TOKEN_SIZE {
             Some("JSON token size limit exceeded")
         } else if self.tokens.len() > MAX_TOKEN_COUNT {
             Some("JSON token count limit exceeded")
@@ -346,9 +357,10 @@ impl Streamer {
     }
 }
 
-fn parse_tokens(tokens: &[Token]) -> Parsed {
+fn parse_tokens(tokens: &[Token], arena: &[u8]) -> Parsed {
     let mut p = TokenParser {
         toks: tokens,
+        arena,
         pos: 0,
     };
     match p.value() {
@@ -365,14 +377,19 @@ fn parse_tokens(tokens: &[Token]) -> Parsed {
 
 struct TokenParser<'a> {
     toks: &'a [Token],
+    arena: &'a [u8],
     pos: usize,
 }
 
-impl TokenParser<'_> {
-    fn next(&mut self) -> Option<&Token> {
-        let t = self.toks.get(self.pos);
+impl<'a> TokenParser<'a> {
+    fn next(&mut self) -> Option<Token> {
+        let t = self.toks.get(self.pos).copied();
         self.pos += 1;
         t
+    }
+
+    fn text(&self, t: Token) -> &'a [u8] {
+        &self.arena[t.start as usize..t.end as usize]
     }
 
     fn peek_kind(&self) -> Option<Kind> {
@@ -386,16 +403,16 @@ impl TokenParser<'_> {
         match t.kind {
             Kind::LCurly => self.object(),
             Kind::LSquare => self.array(),
-            Kind::Str => Ok(Value::String(unescape(&t.text)?)),
-            Kind::Int => Ok(parse_int(&t.text)),
+            Kind::Str => Ok(Value::String(unescape(self.text(t))?)),
+            Kind::Int => Ok(parse_int(self.text(t))),
             Kind::Float => {
-                let s = std::str::from_utf8(&t.text).map_err(|_| "expecting value")?;
+                let s = std::str::from_utf8(self.text(t)).map_err(|_| "expecting value")?;
                 let f: f64 = s.parse().map_err(|_| "expecting value")?;
                 Ok(Number::from_f64(f)
                     .map(Value::Number)
                     .unwrap_or(Value::Null))
             }
-            Kind::Keyword => match t.text.as_slice() {
+            Kind::Keyword => match self.text(t) {
                 b"true" => Ok(Value::Bool(true)),
                 b"false" => Ok(Value::Bool(false)),
                 b"null" => Ok(Value::Null),
@@ -416,7 +433,7 @@ impl TokenParser<'_> {
         }
         loop {
             let key = match self.next() {
-                Some(t) if t.kind == Kind::Str => unescape(&t.text)?,
+                Some(t) if t.kind == Kind::Str => unescape(self.text(t))?,
                 Some(_) => return Err("key is not a string in object".into()),
                 None => return Err("premature EOI".into()),
             };
@@ -668,6 +685,26 @@ mod tests {
         assert!(matches!(&run(b"{\"a\":\"\xc3\"}")[0], Parsed::Error(_)));
         assert!(run(b"42").is_empty(), "a number needs a terminator");
         assert_eq!(run(b"42 ")[0], Parsed::Value(json!(42)));
+    }
+
+    #[test]
+    fn token_size_limit_resets() {
+        let mut s = Streamer::new();
+        let mut v = Vec::new();
+        s.feed(b"{\"execute\":\"", &mut |p| v.push(p));
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..(MAX_TOKEN_SIZE >> 20) + 1 {
+            s.feed(&chunk, &mut |p| v.push(p));
+        }
+        assert!(
+            matches!(&v[..], [Parsed::Error(e)] if e.contains("size limit")),
+            "{v:?}"
+        );
+        assert!(s.arena.capacity() < 1 << 20, "memory given back");
+        // Recovery skips to the next structural character.
+        v.clear();
+        s.feed(b"aaa\"}{\"a\":1}", &mut |p| v.push(p));
+        assert_eq!(v.last(), Some(&Parsed::Value(json!({"a": 1}))));
     }
 
     #[test]
