@@ -595,15 +595,23 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\' {
-            continue;
+    let (mut i, mut start) = (0, 0);
+    while i < bytes.len() {
+        // Skip 8 plain bytes at a time (base64 payloads are all plain).
+        while let Some(w) = bytes.get(i..i + 8) {
+            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            if word_needs_escape(w) {
+                break;
+            }
+            i += 8;
         }
-        if b >= 0x80 && !s.is_char_boundary(i) {
+        let Some(&b) = bytes.get(i) else { break };
+        if (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\' {
+            i += 1;
             continue;
         }
         out.extend_from_slice(&bytes[start..i]);
+        let mut len = 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -613,7 +621,13 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             0x08 => out.extend_from_slice(b"\\b"),
             0x0C => out.extend_from_slice(b"\\f"),
             _ => {
-                let ch = s[i..].chars().next().unwrap_or('\u{FFFD}');
+                // `i` is always at a character boundary here: only whole
+                // characters are ever skipped.
+                let ch = s
+                    .get(i..)
+                    .and_then(|t| t.chars().next())
+                    .unwrap_or('\u{FFFD}');
+                len = ch.len_utf8();
                 let mut units = [0u16; 2];
                 for u in ch.encode_utf16(&mut units) {
                     out.extend_from_slice(b"\\u");
@@ -623,14 +637,24 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
                 }
             }
         }
-        start = i + if b >= 0x80 {
-            s[i..].chars().next().map_or(1, char::len_utf8)
-        } else {
-            1
-        };
+        i += len;
+        start = i;
     }
     out.extend_from_slice(&bytes[start.min(bytes.len())..]);
     out.push(b'"');
+}
+
+/// Whether any of the 8 bytes of `w` is a control character, `"`, `\\`,
+/// DEL or non-ASCII (the bytes `write_str` escapes).
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    w & HIGH != 0
+        || w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0
+        || has_zero(w ^ (ONES * b'"' as u64))
+        || has_zero(w ^ (ONES * b'\\' as u64))
+        || has_zero(w ^ (ONES * 0x7F))
 }
 
 #[cfg(test)]
@@ -712,6 +736,27 @@ mod tests {
         let deep = vec![b'['; MAX_NESTING + 10];
         let v = run(&deep);
         assert!(matches!(&v[0], Parsed::Error(e) if e.contains("nesting")));
+    }
+
+    #[test]
+    fn escaping_matches_a_byte_wise_reference() {
+        // Every ASCII byte at every position of a 20-byte string.
+        for b in 0u8..0x80 {
+            for pos in 0..20 {
+                let mut t = vec![b'a'; 20];
+                t[pos] = b;
+                let t = String::from_utf8(t).unwrap();
+                let mut fast = Vec::new();
+                write_str(&mut fast, &t);
+                let back: String = serde_json::from_slice(&fast).unwrap();
+                assert_eq!(back, t);
+                let plain = (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\';
+                assert_eq!(fast.len() == 22, plain, "byte {b:#x} at {pos}");
+            }
+        }
+        let mut o = Vec::new();
+        write_str(&mut o, "abcdefgh\u{e9}abcdefgh\u{7f}");
+        assert_eq!(o, br#""abcdefgh\u00E9abcdefgh\u007F""#);
     }
 
     #[test]

@@ -127,21 +127,15 @@ pub fn read(ctx: &Ctx, mut a: Args) -> QgaResult<Value> {
     }
     ctx.cleanups.interrupt_me_on_timeout();
     let count = count as usize;
-    let mut buf = vec![0u8; count];
-    let mut got = 0;
-    let mut eof = false;
-    while got < count {
-        match (&*file).read(&mut buf[got..]) {
-            Ok(0) => {
-                eof = true;
-                break;
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => break,
-            Err(e) => return Err(QgaError::io("failed to read file", &e)),
-        }
-    }
-    buf.truncate(got);
+    // Capacity only: pages are not touched (nor zeroed) beyond what is read.
+    let mut buf = Vec::with_capacity(count);
+    let eof = match (&*file).take(count as u64).read_to_end(&mut buf) {
+        Ok(_) => buf.len() < count,
+        // Non-blocking file with no more data for now: return what we have.
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !buf.is_empty() => false,
+        Err(e) => return Err(QgaError::io("failed to read file", &e)),
+    };
+    let got = buf.len();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&buf);
     Ok(json!({"count": got, "buf-b64": b64, "eof": eof}))
 }
