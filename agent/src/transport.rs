@@ -19,6 +19,8 @@ use crate::dispatch::Agent;
 /// How often a lost or disconnected channel is retried.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 const READ_BUF: usize = 64 * 1024;
+/// unix-listen: a client that does not read its replies for this long is dropped.
+pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Transport methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,8 @@ fn serve_unix(agent: &mut Agent, path: &str) -> std::io::Result<()> {
             }
         };
         log::debug!("client connected");
+        // A client that stops reading replies must not wedge the agent.
+        let _ = conn.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
         loop {
             let n = match conn.read(&mut buf) {
                 Ok(0) => break,

@@ -317,6 +317,11 @@ fn script(c: &mut Client, dir: &Path) -> Vec<(String, Vec<Value>, bool)> {
             "exec-no-capture-output",
             json!({"path": "/bin/sh", "arg": ["-c", "echo hi; echo ho >&2"]}),
         ),
+        // 16 MiB capture cap: 17 MB of output is truncated identically.
+        (
+            "exec-capture-cap",
+            json!({"path": "/bin/sh", "arg": ["-c", "head -c 17000000 /dev/zero"], "capture-output": true}),
+        ),
     ];
     for (label, args) in execs {
         let r = c.cmd("guest-exec", args);

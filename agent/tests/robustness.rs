@@ -388,3 +388,42 @@ fn daemonize_pidfile_and_clean_exit() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn frozen_marker_survives_restart_until_thaw() {
+    let dir = temp_dir("marker");
+    // A previous instance was killed while filesystems were frozen.
+    std::fs::write(dir.join("qga.state.isfrozen"), "").unwrap();
+    let sock = dir.join("sock");
+    let mut child = Command::new(common::virtagent_bin())
+        .args(["-m", "unix-listen", "-p"])
+        .arg(&sock)
+        .arg("-t")
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut c = Client::connect(&sock);
+    assert_eq!(
+        ret(&c.cmd("guest-fsfreeze-status", Value::Null)),
+        &json!("frozen")
+    );
+    assert_eq!(
+        class(&c.cmd("guest-get-host-name", Value::Null)),
+        "CommandNotFound"
+    );
+    assert!(c
+        .cmd("guest-fsfreeze-thaw", Value::Null)
+        .get("return")
+        .is_some());
+    assert!(ret(&c.cmd("guest-get-host-name", Value::Null))["host-name"].is_string());
+    assert!(!dir.join("qga.state.isfrozen").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

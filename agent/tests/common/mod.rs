@@ -138,18 +138,22 @@ impl Client {
 
     /// Reads one reply line (a leading 0xFF is kept out and reported).
     pub fn read_line(&mut self) -> Option<(bool, Value)> {
+        // Only bytes not yet searched are scanned for the newline.
+        let mut scanned = 0;
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+            if let Some(i) = self.buf[scanned..].iter().position(|b| *b == b'\n') {
+                let end = scanned + i;
+                let rest = self.buf.split_off(end + 1);
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                line.pop();
                 let delimited = line.first() == Some(&0xFF);
-                if delimited {
-                    line.remove(0);
-                }
-                let v: Value = serde_json::from_slice(&line).unwrap_or_else(|e| {
-                    panic!("bad reply {:?}: {e}", String::from_utf8_lossy(&line))
+                let body = if delimited { &line[1..] } else { &line[..] };
+                let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+                    panic!("bad reply {:?}: {e}", String::from_utf8_lossy(body))
                 });
                 return Some((delimited, v));
             }
+            scanned = self.buf.len();
             let mut tmp = [0u8; 65536];
             match self.s.read(&mut tmp) {
                 Ok(0) => return None,
@@ -170,11 +174,16 @@ impl Client {
         self.send(&b);
         let mut out = Vec::new();
         loop {
-            let (_, v) = self.read_line().expect("agent closed the connection");
+            let (delimited, v) = self.read_line().expect("agent closed the connection");
             if v == json!({"return": id}) {
                 return out;
             }
-            out.push(v);
+            // Keep the 0xFF prefix visible to comparisons.
+            out.push(if delimited {
+                json!({"0xff-prefixed": v})
+            } else {
+                v
+            });
         }
     }
 
