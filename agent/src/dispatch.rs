@@ -326,6 +326,39 @@ mod tests {
     }
 
     #[test]
+    fn allow_list_then_block_list() {
+        let dir = std::env::temp_dir().join(format!("virtagent-unit-allow-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut a = Agent::new(AgentConfig {
+            statedir: dir,
+            allowed: Some(vec![
+                "guest-ping".into(),
+                "guest-info".into(),
+                "guest-get-time".into(),
+            ]),
+            blocked: vec!["guest-get-time".into()],
+            ..Default::default()
+        });
+        assert!(talk(&mut a, br#"{"execute":"guest-ping"}"#).contains("return"));
+        for c in ["guest-get-time", "guest-get-host-name"] {
+            let r = talk(&mut a, format!("{{\"execute\":\"{c}\"}}").as_bytes());
+            assert!(
+                r.contains("CommandNotFound") && r.contains("has been disabled"),
+                "{r}"
+            );
+        }
+        let info = talk(&mut a, br#"{"execute":"guest-info"}"#);
+        assert!(
+            info.contains(r#"{"enabled": true, "name": "guest-ping""#),
+            "{info}"
+        );
+        assert!(
+            info.contains(r#"{"enabled": false, "name": "guest-get-time""#),
+            "{info}"
+        );
+    }
+
+    #[test]
     fn frozen_refuses_commands() {
         let mut a = agent();
         a.shared.set_frozen(true);
