@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -88,6 +89,38 @@ pub fn parse_exec(mut a: Args) -> QgaResult<ExecRequest> {
     })
 }
 
+/// Most captured output held by all children together; beyond it output is
+/// truncated (a host starting many chatty children cannot exhaust memory).
+pub const CAPTURE_TOTAL_MAX: usize = 512 << 20;
+static CAPTURED_TOTAL: AtomicUsize = AtomicUsize::new(0);
+/// Stack size of the supervisor, reader and writer threads of a child.
+const HELPER_STACK: usize = 64 * 1024;
+
+/// Takes up to `want` bytes from the global capture budget.
+fn take_budget(want: usize) -> usize {
+    let mut got = 0;
+    let _ = CAPTURED_TOTAL.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+        got = want.min(CAPTURE_TOTAL_MAX.saturating_sub(used));
+        Some(used + got)
+    });
+    got
+}
+
+fn release_budget(n: usize) {
+    let _ = CAPTURED_TOTAL.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+        Some(used.saturating_sub(n))
+    });
+}
+
+fn helper<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .stack_size(HELPER_STACK)
+        .spawn(f)
+        .ok()
+}
+
 fn read_capped(mut r: impl Read, cap: &mut Captured) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -95,10 +128,11 @@ fn read_capped(mut r: impl Read, cap: &mut Captured) {
             Ok(0) => return,
             Ok(n) => {
                 let room = CAPTURE_MAX.saturating_sub(cap.data.len());
-                if n > room {
+                let keep = take_budget(n.min(room));
+                if keep < n {
                     cap.truncated = true;
                 }
-                cap.data.extend_from_slice(&buf[..n.min(room)]);
+                cap.data.extend_from_slice(&buf[..keep]);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return,
@@ -113,21 +147,21 @@ fn supervise(
     info: Arc<Mutex<ExecInfo>>,
 ) {
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), input) {
-        std::thread::spawn(move || {
+        helper(move || {
             let _ = stdin.write_all(&data);
         });
     }
     let reader = |r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
+        helper(move || {
             let mut c = Captured::default();
             read_capped(r, &mut c);
             c
         })
     };
-    let err_thread = child.stderr.take().map(|e| reader(Box::new(e)));
+    let err_thread = child.stderr.take().and_then(|e| reader(Box::new(e)));
     let out_thread = match merged {
-        Some(m) => Some(reader(Box::new(m))),
-        None => child.stdout.take().map(|o| reader(Box::new(o))),
+        Some(m) => reader(Box::new(m)),
+        None => child.stdout.take().and_then(|o| reader(Box::new(o))),
     };
     let out = out_thread.and_then(|t| t.join().ok());
     let err = err_thread.and_then(|t| t.join().ok());
@@ -269,8 +303,18 @@ fn register(
     }
     let r = std::thread::Builder::new()
         .name(format!("exec-{pid}"))
+        .stack_size(HELPER_STACK)
         .spawn(move || supervise(child, input, merged, info));
     if r.is_err() {
+        // No supervisor: do not leave the child running unreaped.
+        // SAFETY: kill/waitpid on our own child's pid (not yet reaped).
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+        if let Ok(mut t) = ctx.shared.execs.lock() {
+            t.children.remove(&pid);
+        }
         return Err(QgaError::generic(
             "failed to start the exec supervisor thread",
         ));
@@ -321,8 +365,11 @@ pub fn exec_status(ctx: &Ctx, mut a: Args) -> QgaResult<Value> {
             }
         }
     }
+    let held =
+        i.out.as_ref().map_or(0, |c| c.data.len()) + i.err.as_ref().map_or(0, |c| c.data.len());
     drop(i);
     table.children.remove(&pid);
+    release_budget(held);
     Ok(Value::Object(m))
 }
 
