@@ -122,7 +122,19 @@ pub struct Client {
 impl Client {
     /// Connects to `sock`.
     pub fn connect(sock: &Path) -> Client {
-        let s = UnixStream::connect(sock).expect("connect");
+        // The socket file appears at bind(), just before listen(): retry
+        // "connection refused" for a moment.
+        let t0 = Instant::now();
+        let s = loop {
+            match UnixStream::connect(sock) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() < Duration::from_secs(5) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("connect {}: {e}", sock.display()),
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         Client {
             s,
