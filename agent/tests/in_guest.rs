@@ -75,6 +75,8 @@ fn build_initramfs(dir: &Path, modules: &Path, busybox: &Path) -> Result<PathBuf
     for a in ["sh", "mount", "insmod", "sleep", "cat", "echo", "ls"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
     }
+    // (Debian's busybox has no chpasswd applet: set-user-password is not run here.)
+    std::os::unix::fs::symlink("/bin/busybox", root.join("sbin/hwclock")).unwrap();
     let mut load = String::new();
     for m in MODULES {
         if let Some(p) = find_file(modules, &format!("{m}.ko")) {
@@ -281,6 +283,14 @@ fn agent_in_a_linux_guest() {
     );
     let now = ret(&c.cmd("guest-get-time", Value::Null)).as_i64().unwrap();
     assert!((t..t + 60_000_000_000).contains(&now), "{now}");
+    // set-time without a time: from the RTC (hwclock -s).
+    assert_eq!(ret(&c.cmd("guest-set-time", Value::Null)), &json!({}));
+    // set-memory-blocks: an online block set online again succeeds.
+    let r = c.cmd(
+        "guest-set-memory-blocks",
+        json!({"mem-blks": [{"phys-index": 0, "online": true}]}),
+    );
+    assert_eq!(ret(&r), &json!([{"phys-index": 0, "response": "success"}]));
     // set-vcpus: cpu1 off and on again; cpu0 cannot go offline.
     let vcpus = c.cmd("guest-get-vcpus", Value::Null);
     assert_eq!(ret(&vcpus).as_array().unwrap().len(), 2, "{vcpus}");
