@@ -304,10 +304,8 @@ fn write_to_a_frozen_filesystem_times_out_and_agent_keeps_serving() {
     let f = File::open(&fs.mnt).unwrap();
     let mut arg: libc::c_int = 0;
     // SAFETY: FIFREEZE takes an int pointer; f is open on the mount point.
-    assert_eq!(
-        unsafe { libc::ioctl(f.as_raw_fd(), FIFREEZE as _, &mut arg) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), FIFREEZE as _, &mut arg) };
+    assert_eq!(rc, 0, "FIFREEZE");
     // The write blocks uninterruptibly in the kernel: the agent gives up.
     let t0 = Instant::now();
     let r = c.cmd(
