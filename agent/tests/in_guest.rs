@@ -93,7 +93,7 @@ fn build_initramfs(dir: &Path, modules: &Path, busybox: &Path) -> Result<PathBuf
     .unwrap();
     let init = format!(
         "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n{load}\
-         echo init: ready\n/bin/virtagent -t /tmp &\nwhile true; do sleep 1000; done\n"
+         echo init: ready\n/bin/virtagent &\nwhile true; do sleep 1000; done\n"
     );
     std::fs::write(root.join("init"), init).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -283,6 +283,23 @@ fn agent_in_a_linux_guest() {
     );
     let now = ret(&c.cmd("guest-get-time", Value::Null)).as_i64().unwrap();
     assert!((t..t + 60_000_000_000).contains(&now), "{now}");
+    // File handles: the default state directory (/var/run) is created by the agent.
+    let h = c.cmd("guest-file-open", json!({"path": "/tmp/f", "mode": "w+"}));
+    assert_eq!(ret(&h), &json!(1000));
+    c.cmd(
+        "guest-file-write",
+        json!({"handle": 1000, "buf-b64": "aGVsbG8="}),
+    );
+    c.cmd(
+        "guest-file-seek",
+        json!({"handle": 1000, "offset": 0, "whence": "set"}),
+    );
+    let r = c.cmd("guest-file-read", json!({"handle": 1000}));
+    assert_eq!(ret(&r)["buf-b64"], json!("aGVsbG8="));
+    assert_eq!(
+        ret(&c.cmd("guest-file-close", json!({"handle": 1000}))),
+        &json!({})
+    );
     // set-time without a time: from the RTC (hwclock -s).
     assert_eq!(ret(&c.cmd("guest-set-time", Value::Null)), &json!({}));
     // set-memory-blocks: an online block set online again succeeds.
