@@ -108,7 +108,7 @@ impl Agent {
             let allowed = config
                 .allowed
                 .as_ref()
-                .map_or(true, |a| a.iter().any(|n| n == c.name));
+                .is_none_or(|a| a.iter().any(|n| n == c.name));
             if !allowed
                 || config.blocked.iter().any(|n| n == c.name)
                 || commands::DISABLED_ON_LINUX.contains(&c.name)
