@@ -468,22 +468,18 @@ fn tcp_monitor_client_mode_and_pty() {
     let pty = list[0]["filename"].as_str().unwrap().to_string();
     assert!(pty.starts_with("pty:/dev/pts/"), "{pty}");
     assert!(std::path::Path::new(&pty[4..]).exists());
-    let (mut s, _) = mgmt.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("{\"QMP\""));
-    s.write_all(b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-name\"}")
+    let (s, _) = mgmt.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(s));
+    let greeting = lines.next().unwrap().unwrap();
+    assert!(greeting.starts_with("{\"QMP\""), "{greeting}");
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-name\"}")
         .unwrap();
-    let mut got = String::new();
-    while !got.contains("\"name\"") && !got.contains("error") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0);
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    assert!(
-        got.contains("{\"return\":{}}") && got.contains("\"n1\""),
-        "{got}"
+    assert_eq!(lines.next().unwrap().unwrap(), "{\"return\":{}}");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "{\"return\":{\"name\":\"n1\"}}"
     );
     drop(vmm);
 }
