@@ -5,6 +5,7 @@
 # Kernel command-line variables (UML passes unknown NAME=VALUE words to init's environment):
 #   VA_AGENT   qemu-ga | PATH of a virtagent binary        (default qemu-ga)
 #   VA_PORT    virtio-serial port name for the agent       (default org.qemu.guest_agent.0)
+#   VA_OUT     a host directory mounted read-write at /tmp/out (hostfs), to bring files back
 #
 # The agent is supervised: when it exits it is started again, unless /tmp/hold exists (then
 # the loop waits until it is gone) or /tmp/stop exists (then the guest powers off).
@@ -47,8 +48,11 @@ while [ $i -lt 100 ]; do
         n=$($bb cat "$p/name")
         [ -n "$n" ] && $bb ln -sf "../${p##*/}" "/dev/virtio-ports/$n"
     done
-    [ -e "/dev/virtio-ports/$PORT" ] && break
-    $bb sleep 0.05
+    # Ports are announced one by one: wait until the agent's is there and no more come.
+    n=$($bb ls /sys/class/virtio-ports | $bb wc -l)
+    [ -e "/dev/virtio-ports/$PORT" ] && [ "$n" = "$last" ] && break
+    last=$n
+    $bb sleep 0.1
     i=$((i + 1))
 done
 
@@ -56,6 +60,11 @@ done
 if [ -b /dev/ubda ]; then
     $bb mkdir -p /tmp/disk
     $bb mount -t ext4 /dev/ubda /tmp/disk
+fi
+
+if [ -n "$VA_OUT" ]; then
+    $bb mkdir -p /tmp/out
+    $bb mount -t hostfs none /tmp/out -o "$VA_OUT"
 fi
 
 echo "uml-init: ports: $($bb ls /dev/virtio-ports)"
