@@ -7,8 +7,9 @@
 #   VA_PORT    virtio-serial port name for the agent       (default org.qemu.guest_agent.0)
 #   VA_OUT     a host directory mounted read-write at /tmp/out (hostfs), to bring files back
 #
-# The agent is supervised: when it exits it is started again, unless /tmp/hold exists (then
-# the loop waits until it is gone) or /tmp/stop exists (then the guest powers off).
+# The agent is supervised: when it exits it is started again (the one named in /tmp/agent.next
+# if that file exists), unless /tmp/hold exists (then the loop waits until it is gone) or
+# /tmp/stop exists (then the guest powers off).
 # /sbin/shutdown (systemctl on the host) is replaced by a script that syncs and powers off,
 # so guest-shutdown ends the UML process.
 bb=/bin/busybox
@@ -71,6 +72,8 @@ echo "uml-init: ports: $($bb ls /dev/virtio-ports)"
 while :; do
     while [ -e /tmp/hold ]; do $bb sleep 0.05; done
     [ -e /tmp/stop ] && break
+    # /tmp/agent.next switches the agent for the next start (benchmarks compare agents).
+    [ -s /tmp/agent.next ] && AGENT=$($bb cat /tmp/agent.next)
     case "$AGENT" in
     qemu-ga)
         /usr/sbin/qemu-ga -m virtio-serial -p "/dev/virtio-ports/$PORT" -f /tmp/agent.pid.qga -t /tmp &

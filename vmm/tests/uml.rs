@@ -462,7 +462,8 @@ fn hostile_guest(g: &mut Guest) {
     let rss0 = g.vmm.rss_kib();
     g.spawn_sh(&format!(
         "touch /tmp/hold; kill -KILL $(cat /tmp/agent.pid); sleep 0.3; \
-         cat /tmp/out/junk.bin > /dev/virtio-ports/{AGENT_PORT}; rm /tmp/hold"
+         cat /tmp/out/junk.bin > /dev/virtio-ports/{AGENT_PORT} && echo ok > /tmp/out/junk.done; \
+         rm /tmp/hold"
     ));
     g.event("GUEST_AGENT_DOWN");
     let mut peak = rss0;
@@ -488,6 +489,11 @@ fn hostile_guest(g: &mut Guest) {
         peak < rss0 + 48 * 1024,
         "vmm grew by {} KiB for 64 MiB of garbage",
         peak - rss0
+    );
+    // The guest program got all 64 MiB through the port.
+    assert_eq!(
+        std::fs::read_to_string(g.path("junk.done")).unwrap_or_default(),
+        "ok\n"
     );
     g.ok("guest-ping", Value::Null);
     g.ok("guest-info", Value::Null);
