@@ -145,6 +145,9 @@ pub struct VhostUserBackend {
     work: EventFd,
     /// fds currently registered with the event manager.
     registered: Vec<RawFd>,
+    /// Files replaced or dropped while registered: kept open until they are deregistered, so
+    /// their numbers cannot be reused by a new fd meanwhile (event-manager keys on numbers).
+    retired: Vec<File>,
 }
 
 /// Shared handle: the event-manager subscriber and the [`PortDevice`] for the port hub.
@@ -172,6 +175,7 @@ impl VhostUserBackend {
             console,
             work: EventFd::new(EFD_NONBLOCK)?,
             registered: Vec::new(),
+            retired: Vec::new(),
         })
     }
 
@@ -273,8 +277,12 @@ impl VhostUserBackend {
 
     /// The frontend went away: the device is reset (every port guest-closed).
     fn disconnect(&mut self) {
-        if self.session.take().is_some() {
+        if let Some(s) = self.session.take() {
             log::info!("vhost-user: frontend disconnected; device reset");
+            self.retired
+                .push(File::from(std::os::fd::OwnedFd::from(s.sock)));
+            self.retired
+                .extend(s.rings.into_iter().filter_map(|r| r.kick));
             self.console.reset();
         }
     }
@@ -356,7 +364,7 @@ impl VhostUserBackend {
                 self.console.reset();
                 for (i, q) in s.queues.iter_mut().enumerate() {
                     q.reset();
-                    s.rings[i] = Ring::default();
+                    self.retired.extend(std::mem::take(&mut s.rings[i]).kick);
                 }
                 s.activated = false;
                 s.broken = false;
@@ -421,7 +429,7 @@ impl VhostUserBackend {
                 Some(v) if (v.index as usize) < s.queues.len() => {
                     let i = v.index as usize;
                     // The ring stops.
-                    s.rings[i].kick = None;
+                    self.retired.extend(s.rings[i].kick.take());
                     s.rings[i].addr_set = false;
                     s.queues[i].set_ready(false);
                     let st = VhostUserVringState::new(v.index, u32::from(s.queues[i].next_avail()));
@@ -446,7 +454,8 @@ impl VhostUserBackend {
                     } else {
                         match req {
                             Some(FrontendReq::SET_VRING_KICK) => {
-                                s.rings[i].kick = file;
+                                let old = std::mem::replace(&mut s.rings[i].kick, file);
+                                self.retired.extend(old);
                                 if !s.protocol_features_acked() {
                                     s.rings[i].enabled = true;
                                 }
@@ -532,6 +541,8 @@ impl VhostUserBackend {
                 let _ = ops.remove(Events::empty_raw(fd));
             }
         }
+        // Deregistered above: now they may close.
+        self.retired.clear();
         for fd in want {
             if !self.registered.contains(&fd) {
                 match ops.add(Events::new_raw(fd, EventSet::IN)) {
