@@ -238,9 +238,15 @@ impl QmpProxy {
             }
             let end = delim.unwrap_or(data.len());
             let mut msgs = Vec::new();
+            // While syncing, only a reply right after a 0xFF matters: after bad data, skip to
+            // the next delimiter instead of parsing the rest (a guest flooding the port with
+            // garbage then costs a byte scan, not a parse).
+            let syncing = matches!(self.state, State::Syncing { .. });
+            let mut skip_rest = false;
             self.parser.feed(&data[..end], |p| {
+                skip_rest = syncing && matches!(p, Parsed::Error(_));
                 msgs.push(p);
-                true
+                !skip_rest
             });
             for m in msgs {
                 if self.rx == Rx::SkipToDelimiter {
@@ -265,6 +271,9 @@ impl QmpProxy {
                         }
                     }
                 }
+            }
+            if skip_rest {
+                self.rx = Rx::SkipToDelimiter;
             }
             if let Some(p) = delim {
                 // 0xFF: a delimiter from the agent (sync-delimited reply follows); reset the parser.

@@ -77,6 +77,7 @@ fn virtagent() -> Option<PathBuf> {
 /// vmm in vhost-user mode + a UML guest attached to it, with a QMP client that connected
 /// before the guest booted (so it sees every event).
 struct Guest {
+    agent: String,
     dir: tempfile::TempDir,
     vmm: Proc,
     uml: Proc,
@@ -175,9 +176,21 @@ impl Guest {
             child,
             name: "linux",
         };
-        let mut g = Guest { dir, vmm, uml, qmp };
+        let t = Instant::now();
+        let mut g = Guest {
+            agent: agent.rsplit('/').next().unwrap_or(agent).to_string(),
+            dir,
+            vmm,
+            uml,
+            qmp,
+        };
         let up = g.qmp.wait_event("GUEST_AGENT_UP", Duration::from_secs(90));
         assert!(up.is_ok(), "agent never came up; guest log:\n{}", g.logs());
+        eprintln!(
+            "uml {}: booted, agent up ({:.1} s)",
+            g.agent,
+            t.elapsed().as_secs_f64()
+        );
         g
     }
 
@@ -295,15 +308,29 @@ fn skip_reason() -> Option<String> {
     uml_missing()
 }
 
-/// Everything except shutdown, on one booted guest.
+/// A named scenario.
+type Step = (&'static str, fn(&mut Guest));
+
+/// Every scenario, in order, on one booted guest (guest-shutdown last).
 fn scenarios(g: &mut Guest) {
-    basic_commands(g);
-    file_round_trips(g);
-    chardev_ports(g);
-    fsfreeze(g);
-    agent_killed(g);
-    hostile_guest(g);
-    shutdown(g);
+    let steps: [Step; 7] = [
+        ("basic commands", basic_commands),
+        ("file round trips", file_round_trips),
+        ("chardev ports", chardev_ports),
+        ("fsfreeze", fsfreeze),
+        ("agent killed", agent_killed),
+        ("hostile guest", hostile_guest),
+        ("shutdown", shutdown),
+    ];
+    for (name, step) in steps {
+        let t = Instant::now();
+        step(g);
+        eprintln!(
+            "uml {}: {name}: ok ({:.1} s)",
+            g.agent,
+            t.elapsed().as_secs_f64()
+        );
+    }
 }
 
 fn basic_commands(g: &mut Guest) {
