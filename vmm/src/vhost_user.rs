@@ -102,6 +102,8 @@ struct Session {
     broken: bool,
     /// `SET_BACKEND_REQ_FD`: held open (a frontend may drop the device when it closes).
     backend_req: Option<File>,
+    /// Queues that just started: buffers posted before they did are looked at once.
+    started: Vec<u16>,
 }
 
 impl Session {
@@ -126,11 +128,15 @@ impl Session {
         let Some(r) = self.rings.get(i) else { return };
         let want = r.addr_set && r.kick.is_some() && r.enabled;
         let q = &mut self.queues[i];
+        let was_ready = q.ready();
         // `is_valid` looks at ready queues only.
         q.set_ready(want);
         let ok = want && self.mem.as_ref().is_some_and(|m| q.is_valid(m));
         if want && !ok {
             log::warn!("vhost-user: queue {i}: rings outside guest memory; not started");
+        }
+        if ok && !was_ready {
+            self.started.push(i as u16);
         }
         q.set_ready(ok);
     }
@@ -272,6 +278,7 @@ impl VhostUserBackend {
             rings: sizes.iter().map(|_| Ring::default()).collect(),
             broken: false,
             backend_req: None,
+            started: Vec::new(),
         });
     }
 
@@ -573,7 +580,15 @@ impl VhostUserBackend {
             }
             match self.handle_message() {
                 Ok(()) => {
-                    // Host-side state may have changed (rings started): let the device run.
+                    let started = self
+                        .session
+                        .as_mut()
+                        .map(|s| std::mem::take(&mut s.started))
+                        .unwrap_or_default();
+                    for i in started {
+                        self.queue_notify(i);
+                    }
+                    // Host-side state may have changed: let the device run.
                     self.process();
                 }
                 Err(e) => {
