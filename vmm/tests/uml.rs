@@ -138,6 +138,14 @@ impl Guest {
             "ringbuf,id=ring0".into(),
             "-device".into(),
             "virtserialport,chardev=ring0,name=test.ring,id=port3".into(),
+            "-chardev".into(),
+            "pty,id=pty0".into(),
+            "-device".into(),
+            "virtserialport,chardev=pty0,name=test.pty,id=port4".into(),
+            "-chardev".into(),
+            "null,id=null0".into(),
+            "-device".into(),
+            "virtserialport,chardev=null0,name=test.null,id=port5".into(),
         ];
         let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
             .args(&args)
@@ -433,6 +441,70 @@ fn chardev_ports(g: &mut Guest) {
         ring.push_str(r.as_str().unwrap());
     }
     assert_eq!(ring, "hello-ring");
+
+    // null: the guest's writes are taken (and dropped), they never block.
+    let (code, _) = g.exec(
+        "/bin/sh",
+        &[
+            "-c",
+            "head -c 1048576 /dev/zero > /dev/virtio-ports/test.null",
+        ],
+    );
+    assert_eq!(code, 0);
+
+    // pty: the host opens the slave (the chardev notices and connects the port), bytes both ways.
+    let log = std::fs::read_to_string(g.path("vmm.log")).unwrap();
+    let pts = log
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("char device redirected to ")
+                .and_then(|r| r.strip_suffix(" (label pty0)"))
+        })
+        .expect("pty path in the vmm's log")
+        .to_string();
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pts)
+        .unwrap();
+    make_raw(&tty);
+    // The chardev looks for a slave once a second.
+    std::thread::sleep(Duration::from_millis(1300));
+    let (code, _) = g.exec(
+        "/bin/sh",
+        &["-c", "printf hello-pty > /dev/virtio-ports/test.pty"],
+    );
+    assert_eq!(code, 0);
+    // Read on a thread: a tty has no read timeout, and a test must fail, not hang.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = tty.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut got = [0u8; 9];
+        let _ = tx.send(reader.read_exact(&mut got).map(|_| got));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("nothing from the pty")
+        .unwrap();
+    assert_eq!(&got, b"hello-pty");
+    let pid = g.spawn_sh("head -c 6 /dev/virtio-ports/test.pty > /tmp/out/pty.recv");
+    std::thread::sleep(Duration::from_millis(300));
+    tty.write_all(b"to-vm!").unwrap();
+    assert_eq!(g.wait_exec(pid, Duration::from_secs(20)), 0);
+    assert_eq!(std::fs::read(g.path("pty.recv")).unwrap(), b"to-vm!");
+}
+
+/// Raw mode (no echo, no line editing) on a terminal.
+fn make_raw(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data; tcgetattr fills it for a valid fd we own.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `t` is a valid termios.
+    unsafe {
+        assert_eq!(libc::tcgetattr(f.as_raw_fd(), &mut t), 0);
+        libc::cfmakeraw(&mut t);
+        assert_eq!(libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t), 0);
+    }
 }
 
 fn fsfreeze(g: &mut Guest) {
