@@ -144,6 +144,7 @@ impl AgentChannel for PortChannel {
 
 /// Chardev input → the port.
 struct ChardevFrontend {
+    cd: Chardev,
     port: u32,
     dev: Rc<dyn PortDevice>,
     /// Bytes the port did not take; input is paused until they are gone.
@@ -176,6 +177,8 @@ impl Frontend for ChardevFrontend {
             self.out.borrow_mut().data.clear();
         }
         self.dev.set_host_connected(self.port, up);
+        // Input may have been paused for the old connection; the new one starts unpaused.
+        self.cd.accept_input();
     }
 }
 
@@ -280,6 +283,7 @@ impl PortHub {
         for p in &self.ports {
             if let PortSink::Chardev(cd) = &p.sink {
                 cd.set_frontend(Rc::new(RefCell::new(ChardevFrontend {
+                    cd: cd.clone(),
                     port: p.port,
                     dev: dev.clone(),
                     out: p.out.clone(),

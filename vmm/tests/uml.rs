@@ -412,6 +412,22 @@ fn chardev_ports(g: &mut Guest) {
     std::thread::sleep(Duration::from_millis(200));
     let (code, out) = g.exec("/bin/cat", &["/dev/virtio-ports/test.socket"]);
     assert_eq!((code, out.len()), (0, 0));
+    // A new host connection works both ways again.
+    let mut s = UnixStream::connect(g.path("port.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = g.spawn_sh(
+        "head -c 5 /dev/virtio-ports/test.socket > /tmp/out/again.recv; \
+         printf back > /dev/virtio-ports/test.socket",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"again").unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"back");
+    assert_eq!(g.wait_exec(pid, Duration::from_secs(20)), 0);
+    assert_eq!(std::fs::read(g.path("again.recv")).unwrap(), b"again");
+    drop(s);
 
     // file
     let (code, _) = g.exec(
