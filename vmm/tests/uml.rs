@@ -273,9 +273,9 @@ impl Guest {
     fn write_file(&mut self, path: &str, data: &[u8]) {
         let h = self.ok("guest-file-open", json!({"path": path, "mode": "w"}));
         let mut off = 0;
-        // Chunks of 4 MiB (well under any agent's per-request limit).
+        // One request per 8 MiB (an 8 MiB file is one guest-file-write of ~11 MB of JSON).
         while off < data.len() || off == 0 {
-            let end = (off + 4 * MIB).min(data.len());
+            let end = (off + 8 * MIB).min(data.len());
             let r = self.ok(
                 "guest-file-write",
                 json!({"handle": h, "buf-b64": b64(&data[off..end])}),
@@ -293,7 +293,7 @@ impl Guest {
         let h = self.ok("guest-file-open", json!({"path": path, "mode": "r"}));
         let mut out = Vec::new();
         loop {
-            let r = self.ok("guest-file-read", json!({"handle": h, "count": 4 * MIB}));
+            let r = self.ok("guest-file-read", json!({"handle": h, "count": 8 * MIB}));
             out.extend(unb64(r["buf-b64"].as_str().unwrap()));
             if r["eof"].as_bool() == Some(true) || r["count"].as_u64() == Some(0) {
                 break;
