@@ -16,7 +16,12 @@ cargo build -q --release -p vmm -p agent
 ROOT=$(pwd)
 T=$(mktemp -d /tmp/bench-uml.XXXXXX)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$T"; }
+uml=
+# UML runs as several host processes: it gets its own process group (setsid), killed as a whole.
+cleanup() {
+  [ -n "$uml" ] && kill -KILL -- "-$uml" 2>/dev/null
+  kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$T"
+}
 trap cleanup EXIT
 wait_sock() { for _ in $(seq 500); do [ -S "$1" ] && return 0; sleep 0.01; done; echo "no socket $1" >&2; exit 1; }
 
@@ -27,9 +32,10 @@ target/release/vmm -machine "vhost-user,socket=$T/vu.sock" \
   -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0,id=port0 2>"$T/vmm.log" & pids+=($!)
 wait_sock "$T/vu.sock"
 wait_sock "$T/qmp.sock"
-/usr/bin/linux mem=512M root=/dev/root rootfstype=hostfs rootflags=/ ro "uml_dir=$T" \
+setsid /usr/bin/linux mem=512M root=/dev/root rootfstype=hostfs rootflags=/ ro "uml_dir=$T" \
   "init=$ROOT/tests/uml/init.sh" "virtio_uml.device=$T/vu.sock:3" con=null con0=null,fd:1 \
-  VA_AGENT=qemu-ga "VA_OUT=$T" >"$T/uml.log" 2>&1 & pids+=($!)
+  VA_AGENT=qemu-ga "VA_OUT=$T" >"$T/uml.log" 2>&1 &
+uml=$!
 
 python3 - "$T/qmp.sock" "$ROOT/target/release/virtagent" "$COUNT" "$SIZE_MIB" "$ROUNDS" <<'PY'
 import base64, json, socket, statistics, sys, time

@@ -15,6 +15,7 @@ use qmp::client::QmpClient;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,13 +75,27 @@ fn virtagent() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// A UML guest: the kernel runs as several host processes, so it gets its own process group
+/// and the whole group is killed when the test ends early (a plain kill of the main process
+/// leaves its helpers running).
+struct UmlProc(Proc);
+
+impl Drop for UmlProc {
+    fn drop(&mut self) {
+        if self.0.is_running() {
+            // SAFETY: kill(2) on the process group of our own child (it leads the group).
+            unsafe { libc::kill(-(self.0.pid() as i32), libc::SIGKILL) };
+        }
+    }
+}
+
 /// vmm in vhost-user mode + a UML guest attached to it, with a QMP client that connected
 /// before the guest booted (so it sees every event).
 struct Guest {
     agent: String,
     dir: tempfile::TempDir,
     vmm: Proc,
-    uml: Proc,
+    uml: UmlProc,
     qmp: QmpClient,
 }
 
@@ -178,12 +193,13 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(d.join("uml.log")).unwrap())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("start linux");
-        let uml = Proc {
+        let uml = UmlProc(Proc {
             child,
             name: "linux",
-        };
+        });
         let t = Instant::now();
         let mut g = Guest {
             agent: agent.rsplit('/').next().unwrap_or(agent).to_string(),
@@ -620,7 +636,7 @@ fn shutdown(g: &mut Guest) {
     let ev = g.event("VSERPORT_CHANGE");
     assert_eq!(ev["data"], json!({"id": "port0", "open": false}), "{ev}");
     g.event("GUEST_AGENT_DOWN");
-    let st = g.uml.wait(Duration::from_secs(30));
+    let st = g.uml.0.wait(Duration::from_secs(30));
     eprintln!("uml exited: {st}");
     assert!(g.vmm.is_running(), "vmm must outlive its frontend");
 }
