@@ -319,6 +319,28 @@ impl Guest {
         out
     }
 
+    /// Waits until the socket chardev `id` has accepted its peer (the port's host side is then
+    /// connected: the chardev calls the device in the same event-loop turn).
+    fn wait_chardev_connected(&mut self, id: &str) {
+        let t = Instant::now();
+        loop {
+            let list = self.ok("query-chardev", Value::Null);
+            let f = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["label"] == id)
+                .and_then(|c| c["filename"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            if !f.is_empty() && !f.starts_with("disconnected:") {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "chardev {id}: {f}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The next event called `name` (earlier events of other names are skipped).
     fn event(&mut self, name: &str) -> Value {
         match self.qmp.wait_event(name, Duration::from_secs(30)) {
@@ -393,7 +415,7 @@ fn chardev_ports(g: &mut Guest) {
     std::fs::write(g.path("g2h.bin"), &g2h).unwrap();
     let mut s = UnixStream::connect(g.path("port.sock")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    g.wait_chardev_connected("sock0");
     // The test's directory is /tmp/out in the guest (its /tmp is a tmpfs).
     let pid = g.spawn_sh("cat /tmp/out/g2h.bin > /dev/virtio-ports/test.socket");
     std::thread::sleep(Duration::from_millis(800));
@@ -431,7 +453,7 @@ fn chardev_ports(g: &mut Guest) {
     // A new host connection works both ways again.
     let mut s = UnixStream::connect(g.path("port.sock")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    g.wait_chardev_connected("sock0");
     let pid = g.spawn_sh(
         "head -c 5 /dev/virtio-ports/test.socket > /tmp/out/again.recv; \
          printf back > /dev/virtio-ports/test.socket",
@@ -500,13 +522,6 @@ fn chardev_ports(g: &mut Guest) {
         .open(&pts)
         .unwrap();
     make_raw(&tty);
-    // The chardev looks for a slave once a second.
-    std::thread::sleep(Duration::from_millis(1300));
-    let (code, _) = g.exec(
-        "/bin/sh",
-        &["-c", "printf hello-pty > /dev/virtio-ports/test.pty"],
-    );
-    assert_eq!(code, 0);
     // Read on a thread: a tty has no read timeout, and a test must fail, not hang.
     let (tx, rx) = std::sync::mpsc::channel();
     let mut reader = tty.try_clone().unwrap();
@@ -514,10 +529,21 @@ fn chardev_ports(g: &mut Guest) {
         let mut got = [0u8; 9];
         let _ = tx.send(reader.read_exact(&mut got).map(|_| got));
     });
-    let got = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("nothing from the pty")
-        .unwrap();
+    // The chardev looks for an open slave once a second; until it has seen ours, the port's
+    // host side is disconnected and the guest's bytes are dropped (as QEMU does): write again.
+    let mut tries = 0;
+    let got = loop {
+        let (code, _) = g.exec(
+            "/bin/sh",
+            &["-c", "printf hello-pty > /dev/virtio-ports/test.pty"],
+        );
+        assert_eq!(code, 0);
+        match rx.recv_timeout(Duration::from_millis(1500)) {
+            Ok(r) => break r.unwrap(),
+            Err(_) if tries < 10 => tries += 1,
+            Err(_) => panic!("nothing from the pty"),
+        }
+    };
     assert_eq!(&got, b"hello-pty");
     let pid = g.spawn_sh("head -c 6 /dev/virtio-ports/test.pty > /tmp/out/pty.recv");
     std::thread::sleep(Duration::from_millis(300));
@@ -560,15 +586,20 @@ fn fsfreeze(g: &mut Guest) {
 
 fn agent_killed(g: &mut Guest) {
     g.qmp.take_events();
-    // Stop the agent, then kill it a second later: the ping sent meanwhile is in flight.
-    g.spawn_sh("p=$(cat /tmp/agent.pid); kill -STOP $p; sleep 1; kill -KILL $p");
-    std::thread::sleep(Duration::from_millis(300));
+    // Stop the agent; once the host has sent a ping (now in flight: nobody reads it), kill it.
+    g.spawn_sh(
+        "p=$(cat /tmp/agent.pid); kill -STOP $p; touch /tmp/out/stopped; \
+         while [ ! -e /tmp/out/go ]; do sleep 0.05; done; sleep 0.3; kill -KILL $p",
+    );
+    wait_for_file(&g.path("stopped"), Duration::from_secs(20));
+    g.qmp.send(&json!({"execute": "guest-ping"})).unwrap();
+    std::fs::write(g.path("go"), b"").unwrap();
     let t = Instant::now();
-    let r = g.qmp.execute("guest-ping", Value::Null).unwrap();
-    let e = r.expect_err("ping answered by a stopped agent");
+    let r = g.qmp.next_reply().unwrap();
+    let e = qmp::client::split_reply(&r).expect_err("ping answered by a stopped agent");
     assert!(
         t.elapsed() < Duration::from_secs(5),
-        "in-flight request failed only after {:?}",
+        "in-flight request failed only after {:?} (the proxy timeout is 20 s)",
         t.elapsed()
     );
     assert!(e.to_string().contains("disconnected"), "{e}");
@@ -592,9 +623,12 @@ fn hostile_guest(g: &mut Guest) {
     g.qmp.take_events();
     let rss0 = g.vmm.rss_kib();
     g.spawn_sh(&format!(
-        "touch /tmp/hold; kill -KILL $(cat /tmp/agent.pid); sleep 0.3; \
-         cat /tmp/out/junk.bin > /dev/virtio-ports/{AGENT_PORT} && echo ok > /tmp/out/junk.done; \
-         rm /tmp/hold"
+        "touch /tmp/hold; kill -KILL $(cat /tmp/agent.pid); ok=; \
+         for i in $(seq 100); do \
+           if cat /tmp/out/junk.bin > /dev/virtio-ports/{AGENT_PORT}; then ok=1; break; fi; \
+           sleep 0.1; \
+         done; \
+         [ -n \"$ok\" ] && echo ok > /tmp/out/junk.done; rm /tmp/hold"
     ));
     g.event("GUEST_AGENT_DOWN");
     let mut peak = rss0;
