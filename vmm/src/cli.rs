@@ -25,6 +25,9 @@ pub enum DeviceSpec {
 pub enum MachineKind {
     /// No guest: the monitor, chardevs and QMP proxy only.
     None,
+    /// The virtio-serial device served to a vhost-user frontend (QEMU, Cloud Hypervisor,
+    /// User-Mode Linux) on the unix socket `Config::vhost_user_socket`.
+    VhostUser,
 }
 
 /// Everything the command line asked for.
@@ -37,6 +40,8 @@ pub struct Config {
     pub devices: Vec<DeviceSpec>,
     /// `-S`: start with vCPUs paused.
     pub start_paused: bool,
+    /// `-machine vhost-user,socket=PATH`: where the backend listens.
+    pub vhost_user_socket: Option<std::path::PathBuf>,
 }
 
 /// What the command line asks the process to do.
@@ -49,11 +54,17 @@ pub enum Action {
 
 pub const USAGE: &str = "\
 usage: vmm -machine none [options]
+       vmm -machine vhost-user,socket=PATH -device virtio-serial -device virtserialport,... [options]
 
 A minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
 
 options (QEMU spellings; --long forms work too):
   -machine|-M TYPE          machine type; 'none' runs the monitor and chardevs without a guest
+  -machine vhost-user,socket=PATH
+                            serve the virtio-serial device (device id 3) to a vhost-user frontend
+                            connecting to the unix socket PATH (QEMU vhost-user-device, Cloud
+                            Hypervisor, User-Mode Linux 'virtio_uml.device=PATH:3'); a
+                            qmp_proxy chardev without path= then talks to the agent in that guest
   -name NAME                VM name reported by query-name
   -qmp ADDR                 QMP monitor on unix:PATH or tcp:HOST:PORT
                             [,server=on|off][,wait=on|off] (listening, no wait, by default)
@@ -116,7 +127,7 @@ fn parse_device(s: &str) -> Result<DeviceSpec, OptsError> {
     Ok(d)
 }
 
-fn parse_machine(s: &str) -> Result<MachineKind, OptsError> {
+fn parse_machine(s: &str) -> Result<(MachineKind, Option<std::path::PathBuf>), OptsError> {
     let mut o = Opts::parse(s, true)?;
     let ty = match (o.head.clone(), o.take_str("type")?) {
         (Some(t), None) | (None, Some(t)) => t,
@@ -125,12 +136,18 @@ fn parse_machine(s: &str) -> Result<MachineKind, OptsError> {
     };
     // Accepted for QEMU compatibility; there is nothing to accelerate without a guest.
     let _ = o.take_str("accel")?;
+    let socket = o.take_str("socket")?;
     o.finish("-machine")?;
     match ty.as_str() {
-        "none" => Ok(MachineKind::None),
-        "help" => Err(err("-machine: supported machine types: none")),
+        "none" if socket.is_none() => Ok((MachineKind::None, None)),
+        "none" => Err(err("-machine none: option 'socket' belongs to vhost-user")),
+        "vhost-user" => match socket {
+            Some(p) if !p.is_empty() => Ok((MachineKind::VhostUser, Some(p.into()))),
+            _ => Err(err("-machine vhost-user: option 'socket=PATH' is required")),
+        },
+        "help" => Err(err("-machine: supported machine types: none, vhost-user")),
         other => Err(err(format!(
-            "-machine: unknown or unsupported machine type '{other}' (supported: none)"
+            "-machine: unknown or unsupported machine type '{other}' (supported: none, vhost-user)"
         ))),
     }
 }
@@ -138,6 +155,7 @@ fn parse_machine(s: &str) -> Result<MachineKind, OptsError> {
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Action, OptsError> {
     let mut machine = None;
+    let mut vhost_user_socket = None;
     let mut name = None;
     let mut qmp = Vec::new();
     let mut chardevs: Vec<ChardevSpec> = Vec::new();
@@ -168,7 +186,11 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
         match opt {
             "h" | "help" => return Ok(Action::Help),
             "V" | "version" => return Ok(Action::Version),
-            "machine" | "M" => machine = Some(parse_machine(&value("machine type")?)?),
+            "machine" | "M" => {
+                let (m, sock) = parse_machine(&value("machine type")?)?;
+                machine = Some(m);
+                vhost_user_socket = sock;
+            }
             "name" => {
                 let v = value("name")?;
                 let mut o = Opts::parse(&v, true)?;
@@ -220,6 +242,7 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
         chardevs,
         devices,
         start_paused,
+        vhost_user_socket,
     };
     validate(&cfg)?;
     Ok(Action::Run(Box::new(cfg)))
@@ -245,7 +268,43 @@ fn validate(cfg: &Config) -> Result<(), OptsError> {
             "-device: '-machine none' has no bus for devices; virtio-serial needs a KVM machine",
         ));
     }
+    if cfg.machine == MachineKind::VhostUser {
+        let serials = cfg
+            .devices
+            .iter()
+            .filter(|d| matches!(d, DeviceSpec::VirtioSerial { .. }))
+            .count();
+        if serials != 1 {
+            return Err(err(
+                "-machine vhost-user: give exactly one '-device virtio-serial' (the device served)",
+            ));
+        }
+    }
     for c in &cfg.chardevs {
+        let on_port = cfg
+            .devices
+            .iter()
+            .any(|d| matches!(d, DeviceSpec::Port { chardev, .. } if *chardev == c.id));
+        if on_port && matches!(c.backend, chardev::Backend::QmpProxy { path: Some(_), .. }) {
+            return Err(err(format!(
+                "-chardev qmp_proxy,id={}: a port's agent is in the guest; drop path=",
+                c.id
+            )));
+        }
+        let users = cfg
+            .devices
+            .iter()
+            .filter(|d| matches!(d, DeviceSpec::Port { chardev, .. } if *chardev == c.id))
+            .count();
+        if users > 1 {
+            return Err(err(format!(
+                "-device: chardev '{}' is used by {users} ports",
+                c.id
+            )));
+        }
+        if cfg.machine == MachineKind::VhostUser && on_port {
+            continue;
+        }
         if let chardev::Backend::QmpProxy { path: None, .. } = c.backend {
             return Err(err(format!(
                 "-chardev qmp_proxy,id={}: without a guest, give path=AGENT_SOCKET (a host-side agent)",
@@ -290,6 +349,43 @@ mod tests {
             p("--machine=none --name=x").unwrap(),
             Action::Run(_)
         ));
+    }
+
+    #[test]
+    fn vhost_user_machine() {
+        let a = p("-machine vhost-user,socket=/tmp/s.sock -chardev qmp_proxy,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0,id=port0").unwrap();
+        let Action::Run(c) = a else { panic!() };
+        assert_eq!(c.machine, MachineKind::VhostUser);
+        assert_eq!(
+            c.vhost_user_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/s.sock"))
+        );
+        assert!(p("-machine vhost-user").unwrap_err().0.contains("socket="));
+        assert!(p("-machine none,socket=/x")
+            .unwrap_err()
+            .0
+            .contains("socket"));
+        assert!(p(
+            "-machine vhost-user,socket=/s -chardev null,id=a -device virtserialport,chardev=a"
+        )
+        .unwrap_err()
+        .0
+        .contains("virtio-serial"));
+        // A qmp_proxy not on a port still needs path=; one on a port must not have it.
+        assert!(
+            p("-machine vhost-user,socket=/s -device virtio-serial -chardev qmp_proxy,id=q")
+                .unwrap_err()
+                .0
+                .contains("path=")
+        );
+        assert!(p("-machine vhost-user,socket=/s -device virtio-serial -chardev qmp_proxy,id=q,path=/a -device virtserialport,chardev=q")
+            .unwrap_err()
+            .0
+            .contains("drop path="));
+        assert!(p("-machine vhost-user,socket=/s -device virtio-serial -chardev null,id=a -device virtserialport,chardev=a -device virtconsole,chardev=a")
+            .unwrap_err()
+            .0
+            .contains("2 ports"));
     }
 
     #[test]

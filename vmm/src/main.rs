@@ -2,7 +2,9 @@
 
 mod cli;
 mod machine;
+mod ports;
 mod signals;
+mod vhost_user;
 
 use chardev::{Backend, Chardev};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -77,8 +79,43 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         .map_err(|e| format!("event manager: {e:?}"))?;
     let chardevs = Rc::new(RefCell::new(Vec::<Chardev>::new()));
     let mut proxy = None;
+    // Virtio-serial ports and their host sides (vhost-user machine).
+    let (max_ports, port_plan) = serial_ports(cfg)?;
+    let mut hub = match cfg.machine {
+        cli::MachineKind::VhostUser => {
+            Some(ports::PortHub::new(handle.clone()).map_err(|e| format!("eventfd: {e}"))?)
+        }
+        _ => None,
+    };
+    let mut port_proxies = Vec::new();
     for spec in &cfg.chardevs {
         let cd = match &spec.backend {
+            Backend::QmpProxy {
+                path: None,
+                timeout,
+                ..
+            } => {
+                // The agent is behind a virtio-serial port (validated by cli).
+                let port = port_plan
+                    .iter()
+                    .find(|p| p.chardev == spec.id)
+                    .map(|p| p.port)
+                    .ok_or_else(|| format!("chardev '{}': not attached to a port", spec.id))?;
+                let hub = hub
+                    .as_mut()
+                    .ok_or_else(|| format!("chardev '{}': needs a machine with ports", spec.id))?;
+                let p = Rc::new(RefCell::new(
+                    QmpProxy::new(&spec.id, *timeout, handle.clone())
+                        .map_err(|e| format!("chardev '{}': {e}", spec.id))?,
+                ));
+                em.add_subscriber(qmp::proxy::timer_subscriber(p.clone()));
+                let cd =
+                    chardev::qmp_proxy::attach_port(&spec.id, p.clone(), hub.proxy_channel(port))
+                        .map_err(|e| e.to_string())?;
+                port_proxies.push((spec.id.clone(), p.clone()));
+                proxy = Some(p);
+                cd
+            }
             Backend::QmpProxy {
                 path: Some(path),
                 timeout,
@@ -117,6 +154,26 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         chardevs.borrow_mut().push(cd);
     }
 
+    let vhost_dev = match (cfg.machine, hub) {
+        (cli::MachineKind::VhostUser, Some(hub)) => {
+            let socket = cfg
+                .vhost_user_socket
+                .as_deref()
+                .ok_or("vhost-user: no socket")?;
+            let dev = vhost_user::start(
+                socket,
+                max_ports,
+                &port_plan,
+                hub,
+                &chardevs.borrow(),
+                &port_proxies,
+                &mut em,
+            )?;
+            eprintln!("vmm: vhost-user backend listening on {}", socket.display());
+            Some(dev)
+        }
+        _ => None,
+    };
     let machine = NoneMachine {
         state: state.clone(),
         chardevs: chardevs.clone(),
@@ -167,7 +224,23 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
     m.flush_before_exit(Duration::from_secs(1));
     m.cleanup();
     cleanup_chardevs(&chardevs.borrow());
+    if let Some(d) = vhost_dev {
+        d.0.borrow().cleanup();
+    }
     result
+}
+
+/// `max_ports` of the virtio-serial device and the numbered ports.
+fn serial_ports(cfg: &cli::Config) -> Result<(u32, Vec<ports::PlannedPort>), String> {
+    let max_ports = cfg
+        .devices
+        .iter()
+        .find_map(|d| match d {
+            cli::DeviceSpec::VirtioSerial { max_ports, .. } => Some(*max_ports),
+            _ => None,
+        })
+        .unwrap_or(31);
+    Ok((max_ports, ports::plan(&cfg.devices, max_ports)?))
 }
 
 fn cleanup_chardevs(cds: &[Chardev]) {

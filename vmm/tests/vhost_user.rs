@@ -1,0 +1,386 @@
+//! The vhost-user protocol of `vmm -machine vhost-user`, driven by a small frontend written
+//! here over the real socket (runs everywhere; the UML tests drive it with a real kernel).
+
+mod common;
+
+use common::*;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+const GET_FEATURES: u32 = 1;
+const SET_OWNER: u32 = 3;
+const SET_MEM_TABLE: u32 = 5;
+const GET_PROTOCOL_FEATURES: u32 = 15;
+const SET_PROTOCOL_FEATURES: u32 = 16;
+const GET_QUEUE_NUM: u32 = 17;
+const GET_CONFIG: u32 = 24;
+const NEED_REPLY: u32 = 0x8;
+
+/// One frontend connection.
+struct Frontend(UnixStream);
+
+impl Frontend {
+    fn connect(p: &Path) -> Frontend {
+        let s = UnixStream::connect(p).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Frontend(s)
+    }
+
+    fn send(&mut self, code: u32, flags: u32, body: &[u8], fds: &[i32]) {
+        let mut m = Vec::new();
+        m.extend_from_slice(&code.to_le_bytes());
+        m.extend_from_slice(&(0x1 | flags).to_le_bytes());
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        if fds.is_empty() {
+            self.0.write_all(&m).unwrap();
+        } else {
+            let n = self.0.send_with_fds(&[&m[..]], fds).unwrap();
+            assert_eq!(n, m.len());
+        }
+    }
+
+    /// Reads one reply: (code, payload).
+    fn reply(&mut self) -> (u32, Vec<u8>) {
+        let mut h = [0u8; 12];
+        self.0.read_exact(&mut h).unwrap();
+        let w = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
+        assert_eq!(w(4) & 0x4, 0x4, "reply flag");
+        let mut body = vec![0u8; w(8) as usize];
+        self.0.read_exact(&mut body).unwrap();
+        (w(0), body)
+    }
+
+    fn u64_reply(&mut self, code: u32) -> u64 {
+        self.send(code, 0, &[], &[]);
+        let (c, b) = self.reply();
+        assert_eq!((c, b.len()), (code, 8));
+        u64::from_le_bytes(b.try_into().unwrap())
+    }
+
+    /// A request with NEED_REPLY; returns the ack value (0 = success).
+    fn acked(&mut self, code: u32, body: &[u8], fds: &[i32]) -> u64 {
+        self.send(code, NEED_REPLY, body, fds);
+        let (c, b) = self.reply();
+        assert_eq!((c, b.len()), (code, 8));
+        u64::from_le_bytes(b.try_into().unwrap())
+    }
+}
+
+fn mem_table(regions: &[(u64, u64, u64)], room_for: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(regions.len() as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for &(gpa, size, uaddr) in regions {
+        for v in [gpa, size, uaddr, 0u64] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b.resize(8 + 32 * room_for.max(regions.len()), 0);
+    b
+}
+
+#[test]
+fn handshake_config_and_uml_sized_mem_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let vu = dir.path().join("vu.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("-machine")
+        .arg(format!("vhost-user,socket={}", vu.display()))
+        .args([
+            "-chardev",
+            "null,id=n0",
+            "-device",
+            "virtio-serial,max_ports=4",
+        ])
+        .args(["-device", "virtserialport,chardev=n0,name=test.0,id=p0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _vmm = Proc { child, name: "vmm" };
+    wait_for_path(&vu, Duration::from_secs(10));
+
+    let mut f = Frontend::connect(&vu);
+    f.send(SET_OWNER, 0, &[], &[]);
+    let feat = f.u64_reply(GET_FEATURES);
+    for bit in [1, 32, 30] {
+        assert!(
+            feat & (1 << bit) != 0,
+            "feature bit {bit} missing in {feat:#x}"
+        );
+    }
+    let proto = f.u64_reply(GET_PROTOCOL_FEATURES);
+    assert_eq!(proto & 0x8, 0x8, "REPLY_ACK");
+    assert_eq!(proto & 0x200, 0x200, "CONFIG");
+    assert_eq!(
+        proto & (1 << 14),
+        0,
+        "INBAND_NOTIFICATIONS must not be offered"
+    );
+    f.send(
+        SET_PROTOCOL_FEATURES,
+        0,
+        &(0x8u64 | 0x200).to_le_bytes(),
+        &[],
+    );
+    assert_eq!(f.u64_reply(GET_QUEUE_NUM), 10, "2 * (max_ports + 1) queues");
+
+    // GET_CONFIG as UML asks: offset 0, size = offset + len; the reply is exactly that size.
+    let mut cfg = Vec::new();
+    for v in [0u32, 8, 0] {
+        cfg.extend_from_slice(&v.to_le_bytes());
+    }
+    f.send(GET_CONFIG, 0, &cfg, &[]);
+    let (c, b) = f.reply();
+    assert_eq!((c, b.len()), (GET_CONFIG, 12 + 8));
+    assert_eq!(&b[12 + 4..12 + 8], &4u32.to_le_bytes(), "max_nr_ports");
+
+    // SET_MEM_TABLE: one region in a payload sized for two (as UML sends it) is accepted.
+    let mem: File = tempfile::tempfile().unwrap();
+    mem.set_len(1 << 20).unwrap();
+    let fd = mem.as_raw_fd();
+    let one = mem_table(&[(0, 1 << 20, 0x7000_0000)], 2);
+    assert_eq!(f.acked(SET_MEM_TABLE, &one, &[fd]), 0);
+    // A payload shorter than its regions, or a region without fd, is refused.
+    let short = &mem_table(&[(0, 1 << 20, 0x7000_0000)], 1)[..30];
+    assert_ne!(f.acked(SET_MEM_TABLE, short, &[fd]), 0);
+    assert_ne!(f.acked(SET_MEM_TABLE, &one, &[]), 0);
+    // Unknown requests are refused, and the session goes on.
+    assert_ne!(f.acked(99, &[], &[]), 0);
+    assert!(f.u64_reply(GET_FEATURES) & (1 << 32) != 0);
+
+    // A message header that promises more than the protocol allows ends the session ...
+    f.send(GET_FEATURES, 0, &vec![0u8; 0x1001], &[]);
+    let mut b = [0u8; 1];
+    assert!(matches!(f.0.read(&mut b), Ok(0) | Err(_)));
+    // ... and the next frontend is served.
+    let mut g = Frontend::connect(&vu);
+    assert!(g.u64_reply(GET_FEATURES) & (1 << 32) != 0);
+}
+
+/// A split virtqueue the test drives as the guest driver would, in a shared memory file
+/// (written and read with pwrite/pread; the backend maps the same file).
+struct Vq {
+    index: u32,
+    /// Guest-physical base: descriptors at +0, avail ring at +0x100, used ring at +0x200.
+    base: u64,
+    avail: u16,
+    used_seen: u16,
+    kick: vmm_sys_util::eventfd::EventFd,
+    call: vmm_sys_util::eventfd::EventFd,
+}
+
+const QSIZE: u16 = 16;
+/// Frontend "virtual address" of guest-physical 0.
+const UADDR: u64 = 0x1_0000_0000;
+
+impl Vq {
+    fn new(index: u32) -> Vq {
+        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+        Vq {
+            index,
+            base: 0x1000 * (u64::from(index) + 1),
+            avail: 0,
+            used_seen: 0,
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }
+    }
+
+    fn setup(&self, f: &mut Frontend) {
+        let st = |n: u32| [self.index.to_le_bytes(), n.to_le_bytes()].concat();
+        f.send(8, 0, &st(u32::from(QSIZE)), &[]); // SET_VRING_NUM
+        f.send(10, 0, &st(0), &[]); // SET_VRING_BASE
+        let mut a = Vec::new();
+        a.extend_from_slice(&self.index.to_le_bytes());
+        a.extend_from_slice(&0u32.to_le_bytes());
+        for off in [0u64, 0x200, 0x100] {
+            // descriptor table, used ring, available ring (frontend addresses)
+            a.extend_from_slice(&(UADDR + self.base + off).to_le_bytes());
+        }
+        a.extend_from_slice(&0u64.to_le_bytes());
+        f.send(9, 0, &a, &[]); // SET_VRING_ADDR
+        let idx = u64::from(self.index).to_le_bytes();
+        f.send(13, 0, &idx, &[self.call.as_raw_fd()]); // SET_VRING_CALL
+        f.send(12, 0, &idx, &[self.kick.as_raw_fd()]); // SET_VRING_KICK
+    }
+
+    /// Posts one buffer and kicks.
+    fn post(&mut self, mem: &File, addr: u64, len: u32, writable: bool) {
+        use std::os::unix::fs::FileExt;
+        let d = self.avail % QSIZE;
+        let mut desc = Vec::new();
+        desc.extend_from_slice(&addr.to_le_bytes());
+        desc.extend_from_slice(&len.to_le_bytes());
+        desc.extend_from_slice(&(if writable { 2u16 } else { 0 }).to_le_bytes());
+        desc.extend_from_slice(&0u16.to_le_bytes());
+        mem.write_all_at(&desc, self.base + 16 * u64::from(d))
+            .unwrap();
+        mem.write_all_at(&d.to_le_bytes(), self.base + 0x100 + 4 + 2 * u64::from(d))
+            .unwrap();
+        self.avail = self.avail.wrapping_add(1);
+        mem.write_all_at(&self.avail.to_le_bytes(), self.base + 0x100 + 2)
+            .unwrap();
+        self.kick.write(1).unwrap();
+    }
+
+    /// Waits for the next used buffer: (descriptor id, length).
+    fn next_used(&mut self, mem: &File) -> (u16, u32) {
+        use std::os::unix::fs::FileExt;
+        let t = std::time::Instant::now();
+        loop {
+            let mut idx = [0u8; 2];
+            mem.read_exact_at(&mut idx, self.base + 0x200 + 2).unwrap();
+            if u16::from_le_bytes(idx) != self.used_seen {
+                let slot = u64::from(self.used_seen % QSIZE);
+                let mut e = [0u8; 8];
+                mem.read_exact_at(&mut e, self.base + 0x200 + 4 + 8 * slot)
+                    .unwrap();
+                self.used_seen = self.used_seen.wrapping_add(1);
+                return (
+                    u32::from_le_bytes(e[..4].try_into().unwrap()) as u16,
+                    u32::from_le_bytes(e[4..].try_into().unwrap()),
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "queue {}: nothing used",
+                self.index
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn ctrl(id: u32, event: u16, value: u16) -> Vec<u8> {
+    [
+        &id.to_le_bytes()[..],
+        &event.to_le_bytes(),
+        &value.to_le_bytes(),
+    ]
+    .concat()
+}
+
+/// The whole guest side of a port — probe handshake, open, data both ways, close — through the
+/// backend, with a socket chardev as the port's host side and a QMP client watching events.
+#[test]
+fn port_handshake_and_data_without_uml() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let vu = dir.path().join("vu.sock");
+    let qmp = dir.path().join("qmp.sock");
+    let port = dir.path().join("port.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("-machine")
+        .arg(format!("vhost-user,socket={}", vu.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=s0,path={},server=on,wait=off",
+            port.display()
+        ))
+        .args(["-device", "virtio-serial,max_ports=2"])
+        .args(["-device", "virtserialport,chardev=s0,name=test.port,id=p1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _vmm = Proc { child, name: "vmm" };
+    wait_for_path(&vu, Duration::from_secs(10));
+    wait_for_path(&qmp, Duration::from_secs(10));
+    let mut q = qmp::client::QmpClient::connect(&qmp::SocketAddr::Unix(qmp)).unwrap();
+    let mut host = UnixStream::connect(&port).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+
+    let mem: File = tempfile::tempfile().unwrap();
+    mem.set_len(1 << 20).unwrap();
+    let mut f = Frontend::connect(&vu);
+    f.send(SET_OWNER, 0, &[], &[]);
+    // VERSION_1 | MULTIPORT; no EVENT_IDX, no protocol features (rings start at SET_VRING_KICK).
+    f.send(2, 0, &((1u64 << 32) | 2).to_le_bytes(), &[]);
+    f.send(
+        SET_MEM_TABLE,
+        0,
+        &mem_table(&[(0, 1 << 20, UADDR)], 1),
+        &[mem.as_raw_fd()],
+    );
+    // Queues: 2/3 control rx/tx, 4/5 port 1 rx/tx (port 0's 0/1 are left unset).
+    let mut qs: Vec<Vq> = (2..6).map(Vq::new).collect();
+    for v in &qs {
+        v.setup(&mut f);
+    }
+    let [crx, ctx, prx, ptx] = &mut qs[..] else {
+        unreachable!()
+    };
+    let buf = |i: u64| 0x10000 + 0x1000 * i;
+    for i in 0..4 {
+        crx.post(&mem, buf(i), 256, true);
+    }
+    let recv_ctrl = |crx: &mut Vq| {
+        let (id, len) = crx.next_used(&mem);
+        let mut b = vec![0u8; len as usize];
+        mem.read_exact_at(&mut b, buf(u64::from(id))).unwrap();
+        crx.post(&mem, buf(u64::from(id)), 256, true);
+        b
+    };
+    let send_ctrl = |ctx: &mut Vq, i: u64, msg: &[u8]| {
+        mem.write_all_at(msg, buf(8 + i)).unwrap();
+        ctx.post(&mem, buf(8 + i), msg.len() as u32, false);
+        ctx.next_used(&mem);
+    };
+    // DEVICE_READY → DEVICE_ADD(1); PORT_READY(1) → PORT_NAME, PORT_OPEN (host connected).
+    send_ctrl(ctx, 0, &ctrl(u32::MAX, 0, 1));
+    assert_eq!(recv_ctrl(crx), ctrl(1, 1, 1));
+    send_ctrl(ctx, 1, &ctrl(1, 3, 1));
+    let mut got = vec![recv_ctrl(crx), recv_ctrl(crx)];
+    got.sort();
+    let mut want = vec![
+        [ctrl(1, 7, 1), b"test.port".to_vec()].concat(),
+        ctrl(1, 6, 1),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // The guest opens the port: QEMU's event.
+    send_ctrl(ctx, 2, &ctrl(1, 6, 1));
+    let ev = q
+        .wait_event("VSERPORT_CHANGE", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(ev["data"], serde_json::json!({"id": "p1", "open": true}));
+
+    // guest → host
+    mem.write_all_at(b"hello host", buf(12)).unwrap();
+    ptx.post(&mem, buf(12), 10, false);
+    let mut b = [0u8; 10];
+    host.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"hello host");
+    // host → guest
+    prx.post(&mem, buf(13), 64, true);
+    host.write_all(b"hello guest").unwrap();
+    let (id, len) = prx.next_used(&mem);
+    let mut b = vec![0u8; len as usize];
+    mem.read_exact_at(&mut b, buf(13)).unwrap();
+    assert_eq!((id, b.as_slice()), (0, &b"hello guest"[..]));
+
+    // The guest closes the port; then the frontend goes away.
+    send_ctrl(ctx, 3, &ctrl(1, 6, 0));
+    let ev = q
+        .wait_event("VSERPORT_CHANGE", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(ev["data"], serde_json::json!({"id": "p1", "open": false}));
+    drop(f);
+    // Host disconnect is noticed by the device even with no frontend; the vmm keeps serving.
+    drop(host);
+    let mut g = Frontend::connect(&vu);
+    assert!(g.u64_reply(GET_FEATURES) & (1 << 32) != 0);
+}
