@@ -1,6 +1,7 @@
 //! `vmm`: a minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
 
 mod cli;
+mod kvm;
 mod machine;
 mod signals;
 
@@ -94,6 +95,20 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
                 proxy = Some(p);
                 cd
             }
+            Backend::QmpProxy {
+                path: None,
+                timeout,
+                ..
+            } => {
+                // The agent is in the guest: the proxy's channel is a virtio-serial port.
+                let p = Rc::new(RefCell::new(
+                    QmpProxy::new(&spec.id, *timeout, handle.clone())
+                        .map_err(|e| format!("chardev '{}': {e}", spec.id))?,
+                ));
+                em.add_subscriber(qmp::proxy::timer_subscriber(p.clone()));
+                proxy = Some(p);
+                continue;
+            }
             _ => Chardev::new(spec).map_err(|e| e.to_string())?,
         };
         if cd.waits_for_peer() {
@@ -121,7 +136,30 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         state: state.clone(),
         chardevs: chardevs.clone(),
     };
-    let mut monitor = Monitor::new(handle.clone(), Box::new(machine));
+    let mut vm = None;
+    let machine: Box<dyn qmp::Machine> = match &cfg.kvm {
+        None => Box::new(machine),
+        Some(k) => {
+            let mut wiring = ports_wiring(&chardevs.borrow(), proxy.clone(), &handle)?;
+            let v = kvm::Vm::build(
+                k,
+                &cfg.devices,
+                &chardevs.borrow(),
+                &mut *wiring,
+                state.clone(),
+            )?;
+            em.add_subscriber(v.subscriber());
+            if let Some(sub) = wiring.subscriber() {
+                em.add_subscriber(sub);
+            }
+            vm = Some(v.clone());
+            Box::new(kvm::KvmMachine {
+                none: machine,
+                vm: v,
+            })
+        }
+    };
+    let mut monitor = Monitor::new(handle.clone(), machine);
     if let Some(p) = proxy {
         monitor.set_proxy(p);
     }
@@ -154,6 +192,9 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         state: state.clone(),
     }));
 
+    if let Some(v) = &vm {
+        v.start()?;
+    }
     log::info!("vmm: running");
     let result = loop {
         if state.exit.get() {
@@ -163,6 +204,9 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
             break Err(format!("event loop: {e:?}"));
         }
     };
+    if let Some(v) = &vm {
+        v.stop();
+    }
     let mut m = monitor.borrow_mut();
     m.flush_before_exit(Duration::from_secs(1));
     m.cleanup();
@@ -173,5 +217,34 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
 fn cleanup_chardevs(cds: &[Chardev]) {
     for c in cds {
         c.cleanup();
+    }
+}
+
+/// The host sides of the virtio-serial ports.
+fn ports_wiring(
+    _chardevs: &[Chardev],
+    _proxy: Option<Rc<RefCell<QmpProxy>>>,
+    _monitor: &MonitorHandle,
+) -> Result<Box<dyn kvm::PortWiring>, String> {
+    Ok(Box::new(NoWiring))
+}
+
+struct NoWiring;
+struct Discard;
+impl devices::virtio::console::PortBackend for Discard {
+    fn write_to_host(&mut self, data: &[u8]) -> usize {
+        data.len()
+    }
+}
+impl kvm::PortWiring for NoWiring {
+    fn backend(
+        &mut self,
+        _p: &kvm::PortPlan,
+    ) -> Result<(Box<dyn devices::virtio::console::PortBackend>, bool), String> {
+        Ok((Box::new(Discard), true))
+    }
+    fn attach(&mut self, _t: std::sync::Arc<std::sync::Mutex<kvm::Transport>>) {}
+    fn subscriber(&mut self) -> Option<Box<dyn MutEventSubscriber>> {
+        None
     }
 }
