@@ -72,3 +72,21 @@ pub fn attach_socket(
     cd.set_frontend(Rc::new(RefCell::new(ProxyFrontend(proxy))));
     Ok(cd)
 }
+
+/// Port mode: the proxy's agent is behind a virtio-serial port (a `qmp_proxy` chardev without
+/// `path=` named by a `virtserialport`). `channel` is the port's byte path (from the VMM's port
+/// wiring); the guest's PORT_OPEN/close drive the proxy's `on_open`/`on_close` there. The
+/// returned chardev has no fds of its own (`query-chardev` shows `qmp_proxy:null`).
+pub fn attach_port(
+    id: &str,
+    proxy: Rc<RefCell<QmpProxy>>,
+    channel: Box<dyn qmp::AgentChannel>,
+) -> Result<Chardev, ChardevError> {
+    let cd = Chardev::new(&ChardevSpec {
+        id: id.to_string(),
+        backend: Backend::Null,
+    })?;
+    cd.set_filename_prefix("qmp_proxy:");
+    proxy.borrow_mut().set_channel(channel);
+    Ok(cd)
+}

@@ -27,6 +27,9 @@ pub enum MachineKind {
     None,
     /// A KVM virtual machine booting `-kernel`.
     Kvm,
+    /// The virtio-serial device served to a vhost-user frontend (QEMU, Cloud Hypervisor,
+    /// User-Mode Linux) on the unix socket `Config::vhost_user_socket`.
+    VhostUser,
 }
 
 /// Everything the command line asked for.
@@ -39,6 +42,8 @@ pub struct Config {
     pub devices: Vec<DeviceSpec>,
     /// `-S`: start with vCPUs paused.
     pub start_paused: bool,
+    /// `-machine vhost-user,socket=PATH`: where the backend listens.
+    pub vhost_user_socket: Option<std::path::PathBuf>,
     /// The guest of a KVM machine.
     pub kvm: Option<crate::kvm::KvmConfig>,
 }
@@ -54,12 +59,13 @@ pub enum Action {
 pub const USAGE: &str = "\
 usage: vmm -kernel IMAGE [-initrd FILE] [-append CMDLINE] [-m SIZE] [-smp N] [options]
        vmm -machine none [options]
+       vmm -machine vhost-user,socket=PATH -device virtio-serial -device virtserialport,... [options]
 
 A minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
 
 options (QEMU spellings; --long forms work too):
-  -machine|-M TYPE          'microvm' (default with -kernel; 'pc' and 'q35' mean the same) or
-                            'none' (the monitor and chardevs without a guest)
+  -machine|-M TYPE          'microvm' (the KVM machine; default with -kernel; 'pc' and 'q35'
+                            mean the same) or 'none' (the monitor and chardevs without a guest)
   -kernel IMAGE             bzImage or ELF vmlinux, entered at its 64-bit entry point
   -initrd FILE              initial ramdisk
   -append CMDLINE           kernel command line
@@ -69,6 +75,11 @@ options (QEMU spellings; --long forms work too):
                             where COM1 goes (default: none)
   -no-reboot                a guest reboot ends the VM
   -enable-kvm, -cpu host    accepted (KVM is always used)
+  -machine vhost-user,socket=PATH
+                            serve the virtio-serial device (device id 3) to a vhost-user frontend
+                            connecting to the unix socket PATH (QEMU vhost-user-device, Cloud
+                            Hypervisor, User-Mode Linux 'virtio_uml.device=PATH:3'); a
+                            qmp_proxy chardev without path= then talks to the agent in that guest
   -name NAME                VM name reported by query-name
   -qmp ADDR                 QMP monitor on unix:PATH or tcp:HOST:PORT
                             [,server=on|off][,wait=on|off] (listening, no wait, by default)
@@ -131,7 +142,7 @@ fn parse_device(s: &str) -> Result<DeviceSpec, OptsError> {
     Ok(d)
 }
 
-fn parse_machine(s: &str) -> Result<MachineKind, OptsError> {
+fn parse_machine(s: &str) -> Result<(MachineKind, Option<std::path::PathBuf>), OptsError> {
     let mut o = Opts::parse(s, true)?;
     let ty = match (o.head.clone(), o.take_str("type")?) {
         (Some(t), None) | (None, Some(t)) => t,
@@ -140,13 +151,19 @@ fn parse_machine(s: &str) -> Result<MachineKind, OptsError> {
     };
     // Accepted for QEMU compatibility; there is nothing to accelerate without a guest.
     let _ = o.take_str("accel")?;
+    let socket = o.take_str("socket")?;
     o.finish("-machine")?;
     match ty.as_str() {
-        "none" => Ok(MachineKind::None),
-        "microvm" | "pc" | "q35" => Ok(MachineKind::Kvm),
-        "help" => Err(err("-machine: supported machine types: microvm, none")),
+        "none" if socket.is_none() => Ok((MachineKind::None, None)),
+        "none" => Err(err("-machine none: option 'socket' belongs to vhost-user")),
+        "microvm" | "pc" | "q35" if socket.is_none() => Ok((MachineKind::Kvm, None)),
+        "vhost-user" => match socket {
+            Some(p) if !p.is_empty() => Ok((MachineKind::VhostUser, Some(p.into()))),
+            _ => Err(err("-machine vhost-user: option 'socket=PATH' is required")),
+        },
+        "help" => Err(err("-machine: supported machine types: microvm, none, vhost-user")),
         other => Err(err(format!(
-            "-machine: unknown or unsupported machine type '{other}' (supported: microvm, none)"
+            "-machine: unknown or unsupported machine type '{other}' (supported: microvm, none, vhost-user)"
         ))),
     }
 }
@@ -154,6 +171,7 @@ fn parse_machine(s: &str) -> Result<MachineKind, OptsError> {
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Action, OptsError> {
     let mut machine = None;
+    let mut vhost_user_socket = None;
     let mut name = None;
     let mut qmp = Vec::new();
     let mut chardevs: Vec<ChardevSpec> = Vec::new();
@@ -191,7 +209,11 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
         match opt {
             "h" | "help" => return Ok(Action::Help),
             "V" | "version" => return Ok(Action::Version),
-            "machine" | "M" => machine = Some(parse_machine(&value("machine type")?)?),
+            "machine" | "M" => {
+                let (m, sock) = parse_machine(&value("machine type")?)?;
+                machine = Some(m);
+                vhost_user_socket = sock;
+            }
             "name" => {
                 let v = value("name")?;
                 let mut o = Opts::parse(&v, true)?;
@@ -258,21 +280,6 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
         }
     };
     let kvm = match machine {
-        MachineKind::None => {
-            for (given, o) in [
-                (kernel.is_some(), "kernel"),
-                (initrd.is_some(), "initrd"),
-                (append.is_some(), "append"),
-                (mem.is_some(), "m"),
-                (smp.is_some(), "smp"),
-                (serial.is_some(), "serial"),
-            ] {
-                if given {
-                    return Err(err(format!("-{o}: '-machine none' has no guest")));
-                }
-            }
-            None
-        }
         MachineKind::Kvm => Some(crate::kvm::KvmConfig {
             kernel: kernel.ok_or_else(|| err("-kernel: required to boot a guest"))?,
             initrd,
@@ -282,6 +289,23 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
             serial: serial.unwrap_or(crate::kvm::SerialSpec::None),
             no_reboot,
         }),
+        _ => {
+            for (given, o) in [
+                (kernel.is_some(), "kernel"),
+                (initrd.is_some(), "initrd"),
+                (append.is_some(), "append"),
+                (mem.is_some(), "m"),
+                (smp.is_some(), "smp"),
+                (serial.is_some(), "serial"),
+            ] {
+                if given {
+                    return Err(err(format!(
+                        "-{o}: only the KVM machine (-machine microvm) boots a guest"
+                    )));
+                }
+            }
+            None
+        }
     };
     let cfg = Config {
         machine,
@@ -290,6 +314,7 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
         chardevs,
         devices,
         start_paused,
+        vhost_user_socket,
         kvm,
     };
     validate(&cfg)?;
@@ -316,25 +341,57 @@ fn validate(cfg: &Config) -> Result<(), OptsError> {
             "-device: '-machine none' has no bus for devices; virtio-serial needs a KVM machine",
         ));
     }
+    if cfg.machine == MachineKind::VhostUser {
+        let serials = cfg
+            .devices
+            .iter()
+            .filter(|d| matches!(d, DeviceSpec::VirtioSerial { .. }))
+            .count();
+        if serials != 1 {
+            return Err(err(
+                "-machine vhost-user: give exactly one '-device virtio-serial' (the device served)",
+            ));
+        }
+    }
     if let Some(crate::kvm::SerialSpec::Chardev(id)) = cfg.kvm.as_ref().map(|k| &k.serial) {
         if !cfg.chardevs.iter().any(|c| &c.id == id) {
             return Err(err(format!("-serial: chardev '{id}' does not exist")));
         }
     }
     for c in &cfg.chardevs {
-        let is_port = cfg
+        let on_port = cfg
             .devices
             .iter()
             .any(|d| matches!(d, DeviceSpec::Port { chardev, .. } if *chardev == c.id));
+        if cfg.machine == MachineKind::VhostUser && on_port {
+            continue;
+        }
+        if on_port && matches!(c.backend, chardev::Backend::QmpProxy { path: Some(_), .. }) {
+            return Err(err(format!(
+                "-chardev qmp_proxy,id={}: a port's agent is in the guest; drop path=",
+                c.id
+            )));
+        }
+        let users = cfg
+            .devices
+            .iter()
+            .filter(|d| matches!(d, DeviceSpec::Port { chardev, .. } if *chardev == c.id))
+            .count();
+        if users > 1 {
+            return Err(err(format!(
+                "-device: chardev '{}' is used by {users} ports",
+                c.id
+            )));
+        }
         if let chardev::Backend::QmpProxy { path: None, .. } = c.backend {
             if cfg.machine == MachineKind::Kvm {
-                if !is_port {
-                    return Err(err(format!(
-                        "-chardev qmp_proxy,id={}: no virtserialport uses it (add -device virtserialport,chardev={},name=org.qemu.guest_agent.0)",
-                        c.id, c.id
-                    )));
+                if on_port {
+                    continue;
                 }
-                continue;
+                return Err(err(format!(
+                    "-chardev qmp_proxy,id={}: no virtserialport uses it (add -device virtserialport,chardev={},name=org.qemu.guest_agent.0)",
+                    c.id, c.id
+                )));
             }
             return Err(err(format!(
                 "-chardev qmp_proxy,id={}: without a guest, give path=AGENT_SOCKET (a host-side agent)",
@@ -399,6 +456,14 @@ mod tests {
             .unwrap_err()
             .0
             .contains("two ports"));
+        assert!(p("-kernel k -chardev qmp_proxy,id=q")
+            .unwrap_err()
+            .0
+            .contains("virtserialport"));
+        assert!(matches!(
+            p("-kernel k -m 512M -smp 2 -chardev qmp_proxy,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 -serial stdio").unwrap(),
+            Action::Run(_)
+        ));
         assert!(p("-machine none -bogus").unwrap_err().0.contains("-bogus"));
         assert!(p("-machine none -qmp").unwrap_err().0.contains("-qmp"));
         assert!(p("-machine none -qmp unix:/x,bad=1")

@@ -3,7 +3,9 @@
 mod cli;
 mod kvm;
 mod machine;
+mod ports;
 mod signals;
+mod vhost_user;
 
 use chardev::{Backend, Chardev};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -78,8 +80,43 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         .map_err(|e| format!("event manager: {e:?}"))?;
     let chardevs = Rc::new(RefCell::new(Vec::<Chardev>::new()));
     let mut proxy = None;
+    // Virtio-serial ports and their host sides (vhost-user machine).
+    let (max_ports, port_plan) = serial_ports(cfg)?;
+    let mut hub = match cfg.machine {
+        cli::MachineKind::VhostUser | cli::MachineKind::Kvm => {
+            Some(ports::PortHub::new(handle.clone()).map_err(|e| format!("eventfd: {e}"))?)
+        }
+        _ => None,
+    };
+    let mut port_proxies = Vec::new();
     for spec in &cfg.chardevs {
         let cd = match &spec.backend {
+            Backend::QmpProxy {
+                path: None,
+                timeout,
+                ..
+            } => {
+                // The agent is behind a virtio-serial port (validated by cli).
+                let port = port_plan
+                    .iter()
+                    .find(|p| p.chardev == spec.id)
+                    .map(|p| p.port)
+                    .ok_or_else(|| format!("chardev '{}': not attached to a port", spec.id))?;
+                let hub = hub
+                    .as_mut()
+                    .ok_or_else(|| format!("chardev '{}': needs a machine with ports", spec.id))?;
+                let p = Rc::new(RefCell::new(
+                    QmpProxy::new(&spec.id, *timeout, handle.clone())
+                        .map_err(|e| format!("chardev '{}': {e}", spec.id))?,
+                ));
+                em.add_subscriber(qmp::proxy::timer_subscriber(p.clone()));
+                let cd =
+                    chardev::qmp_proxy::attach_port(&spec.id, p.clone(), hub.proxy_channel(port))
+                        .map_err(|e| e.to_string())?;
+                port_proxies.push((spec.id.clone(), p.clone()));
+                proxy = Some(p);
+                cd
+            }
             Backend::QmpProxy {
                 path: Some(path),
                 timeout,
@@ -94,20 +131,6 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 proxy = Some(p);
                 cd
-            }
-            Backend::QmpProxy {
-                path: None,
-                timeout,
-                ..
-            } => {
-                // The agent is in the guest: the proxy's channel is a virtio-serial port.
-                let p = Rc::new(RefCell::new(
-                    QmpProxy::new(&spec.id, *timeout, handle.clone())
-                        .map_err(|e| format!("chardev '{}': {e}", spec.id))?,
-                ));
-                em.add_subscriber(qmp::proxy::timer_subscriber(p.clone()));
-                proxy = Some(p);
-                continue;
             }
             _ => Chardev::new(spec).map_err(|e| e.to_string())?,
         };
@@ -132,6 +155,29 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         chardevs.borrow_mut().push(cd);
     }
 
+    let vhost_dev = match (
+        cfg.machine,
+        hub.take_if(|_| cfg.machine == cli::MachineKind::VhostUser),
+    ) {
+        (cli::MachineKind::VhostUser, Some(hub)) => {
+            let socket = cfg
+                .vhost_user_socket
+                .as_deref()
+                .ok_or("vhost-user: no socket")?;
+            let dev = vhost_user::start(
+                socket,
+                max_ports,
+                &port_plan,
+                hub,
+                &chardevs.borrow(),
+                &port_proxies,
+                &mut em,
+            )?;
+            eprintln!("vmm: vhost-user backend listening on {}", socket.display());
+            Some(dev)
+        }
+        _ => None,
+    };
     let machine = NoneMachine {
         state: state.clone(),
         chardevs: chardevs.clone(),
@@ -140,16 +186,17 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
     let machine: Box<dyn qmp::Machine> = match &cfg.kvm {
         None => Box::new(machine),
         Some(k) => {
-            let mut wiring = ports_wiring(&chardevs.borrow(), proxy.clone(), &handle)?;
+            let hub = hub.take().ok_or("KVM machine: no port hub")?;
+            let mut wiring = kvm::HubWiring::new(hub, &chardevs.borrow(), &port_proxies);
             let v = kvm::Vm::build(
                 k,
                 &cfg.devices,
                 &chardevs.borrow(),
-                &mut *wiring,
+                &mut wiring,
                 state.clone(),
             )?;
             em.add_subscriber(v.subscriber());
-            if let Some(sub) = wiring.subscriber() {
+            if let Some(sub) = kvm::PortWiring::subscriber(&mut wiring) {
                 em.add_subscriber(sub);
             }
             vm = Some(v.clone());
@@ -211,40 +258,27 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
     m.flush_before_exit(Duration::from_secs(1));
     m.cleanup();
     cleanup_chardevs(&chardevs.borrow());
+    if let Some(d) = vhost_dev {
+        d.0.borrow().cleanup();
+    }
     result
+}
+
+/// `max_ports` of the virtio-serial device and the numbered ports.
+fn serial_ports(cfg: &cli::Config) -> Result<(u32, Vec<ports::PlannedPort>), String> {
+    let max_ports = cfg
+        .devices
+        .iter()
+        .find_map(|d| match d {
+            cli::DeviceSpec::VirtioSerial { max_ports, .. } => Some(*max_ports),
+            _ => None,
+        })
+        .unwrap_or(31);
+    Ok((max_ports, ports::plan(&cfg.devices, max_ports)?))
 }
 
 fn cleanup_chardevs(cds: &[Chardev]) {
     for c in cds {
         c.cleanup();
-    }
-}
-
-/// The host sides of the virtio-serial ports.
-fn ports_wiring(
-    _chardevs: &[Chardev],
-    _proxy: Option<Rc<RefCell<QmpProxy>>>,
-    _monitor: &MonitorHandle,
-) -> Result<Box<dyn kvm::PortWiring>, String> {
-    Ok(Box::new(NoWiring))
-}
-
-struct NoWiring;
-struct Discard;
-impl devices::virtio::console::PortBackend for Discard {
-    fn write_to_host(&mut self, data: &[u8]) -> usize {
-        data.len()
-    }
-}
-impl kvm::PortWiring for NoWiring {
-    fn backend(
-        &mut self,
-        _p: &kvm::PortPlan,
-    ) -> Result<(Box<dyn devices::virtio::console::PortBackend>, bool), String> {
-        Ok((Box::new(Discard), true))
-    }
-    fn attach(&mut self, _t: std::sync::Arc<std::sync::Mutex<kvm::Transport>>) {}
-    fn subscriber(&mut self) -> Option<Box<dyn MutEventSubscriber>> {
-        None
     }
 }

@@ -5,7 +5,7 @@ use devices::bus::{Bus, SharedDevice};
 use devices::legacy::{
     EventFdTrigger, COM1_BASE, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
-use devices::virtio::console::{Console, ConsoleConfig, PortBackend, PortConfig, PortKind};
+use devices::virtio::console::{Console, ConsoleConfig, PortBackend, PortConfig};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -28,6 +28,7 @@ use super::vcpu::{self, VcpuControl, VcpuEvents};
 use super::{KvmConfig, SerialSpec};
 use crate::cli::DeviceSpec;
 use crate::machine::{NoneMachine, RunState, VmState};
+use crate::ports::PlannedPort;
 
 /// The virtio-serial device on its MMIO transport.
 pub type Transport = MmioTransport<Console, GuestMemoryMmap, EventFdTrigger>;
@@ -36,22 +37,10 @@ const SERIAL_GSI: u32 = 4;
 const VIRTIO_GSI: u32 = 5;
 const GED_GSI: u32 = 10;
 
-/// A port to create on the virtio-serial device.
-#[derive(Debug, Clone)]
-pub struct PortPlan {
-    pub port: u32,
-    pub kind: PortKind,
-    pub name: Option<String>,
-    pub chardev: String,
-    #[allow(dead_code)] // used by the port wiring
-    pub dev_id: Option<String>,
-}
-
-/// Checks the `-device` list against this machine and numbers the ports as QEMU does
-/// (a `virtconsole` takes port 0 when free, other ports count from 1).
-pub fn plan_ports(devices: &[DeviceSpec]) -> Result<Option<(u32, Vec<PortPlan>)>, String> {
+/// Checks the `-device` list against this machine: at most one virtio-serial device, and ports
+/// only after one. Returns its `max_ports` and the ports, numbered as QEMU does.
+pub fn plan_ports(devices: &[DeviceSpec]) -> Result<Option<(u32, Vec<PlannedPort>)>, String> {
     let mut max_ports = None;
-    let mut ports: Vec<PortPlan> = Vec::new();
     for d in devices {
         match d {
             DeviceSpec::VirtioSerial { max_ports: m, .. } => {
@@ -62,54 +51,26 @@ pub fn plan_ports(devices: &[DeviceSpec]) -> Result<Option<(u32, Vec<PortPlan>)>
                 }
                 max_ports = Some(*m);
             }
-            DeviceSpec::Port {
-                console,
-                chardev,
-                name,
-                id,
-            } => {
-                let Some(max) = max_ports else {
+            DeviceSpec::Port { console, .. } => {
+                if max_ports.is_none() {
                     return Err(format!(
                         "-device {}: needs a virtio-serial device before it (-device virtio-serial)",
                         if *console { "virtconsole" } else { "virtserialport" }
                     ));
-                };
-                let used = |n: u32| ports.iter().any(|p| p.port == n);
-                let port = if *console && !used(0) {
-                    0
-                } else {
-                    (1..max).find(|&n| !used(n)).ok_or_else(|| {
-                        format!(
-                            "-device: no free port on the virtio-serial device (max_ports={max})"
-                        )
-                    })?
-                };
-                if ports.iter().any(|p| p.chardev == *chardev) {
-                    return Err(format!(
-                        "-device: chardev '{chardev}' is already used by another port"
-                    ));
                 }
-                ports.push(PortPlan {
-                    port,
-                    kind: if *console {
-                        PortKind::Console
-                    } else {
-                        PortKind::Serial
-                    },
-                    name: name.clone(),
-                    chardev: chardev.clone(),
-                    dev_id: id.clone(),
-                });
             }
         }
     }
-    Ok(max_ports.map(|m| (m, ports)))
+    match max_ports {
+        None => Ok(None),
+        Some(m) => Ok(Some((m, crate::ports::plan(devices, m)?))),
+    }
 }
 
 /// Host sides of the virtio-serial ports, given by the caller (see `crate::ports`).
 pub trait PortWiring {
     /// The backend of `plan`'s port and whether its host side starts connected.
-    fn backend(&mut self, plan: &PortPlan) -> Result<(Box<dyn PortBackend>, bool), String>;
+    fn backend(&mut self, plan: &PlannedPort) -> Result<(Box<dyn PortBackend>, bool), String>;
     /// Called once the transport exists, so host-side writes can reach the device.
     fn attach(&mut self, transport: Arc<Mutex<Transport>>);
     /// The event-loop subscriber of the host side, if it has one.
@@ -291,9 +252,10 @@ impl Vm {
             .map_err(|e| format!("-device virtio-serial: {e}"))?;
             for p in &plans {
                 let (backend, connected) = wiring.backend(p)?;
-                let mut pc = match p.kind {
-                    PortKind::Console => PortConfig::console(p.port),
-                    PortKind::Serial => PortConfig::serial(p.port, ""),
+                let mut pc = if p.console {
+                    PortConfig::console(p.port)
+                } else {
+                    PortConfig::serial(p.port, "")
                 };
                 pc.name = p.name.clone();
                 pc.host_connected = connected;
@@ -648,12 +610,7 @@ mod tests {
         assert!(
             plan_ports(&[small, port(false, "a", None), port(false, "b", None)])
                 .unwrap_err()
-                .contains("no free port")
-        );
-        assert!(
-            plan_ports(&[vs, port(false, "a", None), port(false, "a", None)])
-                .unwrap_err()
-                .contains("already used")
+                .contains("max_ports")
         );
     }
 }

@@ -13,8 +13,10 @@ pub mod vcpu;
 
 mod machine;
 mod serial;
+mod wiring;
 
-pub use machine::{KvmMachine, PortPlan, PortWiring, Transport, Vm};
+pub use machine::{KvmMachine, PortWiring, Vm};
+pub use wiring::HubWiring;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,181 @@
+//! guest-shutdown and guest-suspend-*: reply only on failure.
+
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::args::Args;
+use crate::dispatch::Ctx;
+use crate::error::{QgaError, QgaResult};
+
+/// What guest-shutdown will do for a mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownPlan {
+    /// Arguments to /sbin/shutdown.
+    pub args: Vec<&'static str>,
+    /// reboot(2) command used when no shutdown program exists.
+    pub reboot_cmd: libc::c_int,
+}
+
+/// Validates the mode (default powerdown) and plans the shutdown.
+pub fn shutdown_plan(mode: Option<&str>) -> QgaResult<ShutdownPlan> {
+    Ok(match mode.unwrap_or("powerdown") {
+        "powerdown" => ShutdownPlan {
+            args: vec!["-h", "-P", "+0", "hypervisor initiated shutdown"],
+            reboot_cmd: libc::RB_POWER_OFF,
+        },
+        "halt" => ShutdownPlan {
+            args: vec!["-h", "-H", "+0", "hypervisor initiated halt"],
+            reboot_cmd: libc::RB_HALT_SYSTEM,
+        },
+        "reboot" => ShutdownPlan {
+            args: vec!["-r", "+0", "hypervisor initiated reboot"],
+            reboot_cmd: libc::RB_AUTOBOOT,
+        },
+        _ => {
+            return Err(QgaError::generic(
+                "mode is invalid (valid values are: halt|powerdown|reboot",
+            ))
+        }
+    })
+}
+
+/// guest-shutdown.
+pub fn shutdown(_: &Ctx, mut a: Args) -> QgaResult<Value> {
+    let mode = a.opt_str("mode")?;
+    a.finish()?;
+    let plan = shutdown_plan(mode.as_deref())?;
+    log::info!(
+        "guest-shutdown called, mode: {}",
+        mode.as_deref().unwrap_or("powerdown")
+    );
+    let prog = ["/sbin/shutdown", "/usr/sbin/shutdown"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    match prog {
+        Some(p) => {
+            let st = Command::new(p)
+                .args(&plan.args)
+                .stdin(Stdio::null())
+                .status()
+                .map_err(|e| QgaError::io("failed to run shutdown", &e))?;
+            if !st.success() {
+                return Err(QgaError::generic("child process has failed to shutdown"));
+            }
+        }
+        None => {
+            // Minimal guests (initramfs) have no shutdown program.
+            // SAFETY: sync has no preconditions; reboot only returns on error.
+            unsafe { libc::sync() };
+            // SAFETY: see above.
+            if unsafe { libc::reboot(plan.reboot_cmd) } != 0 {
+                return Err(QgaError::io(
+                    "failed to shutdown",
+                    &std::io::Error::last_os_error(),
+                ));
+            }
+        }
+    }
+    Ok(json!({}))
+}
+
+/// Suspend flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspend {
+    /// Suspend to RAM (S3).
+    Ram,
+    /// Suspend to disk (S4).
+    Disk,
+    /// Write the image then suspend to RAM.
+    Hybrid,
+}
+
+/// The sysfs writes for a suspend mode, given the contents of
+/// /sys/power/state and /sys/power/disk; errors when unsupported.
+pub fn suspend_plan(
+    kind: Suspend,
+    state: &str,
+    disk: &str,
+) -> QgaResult<Vec<(&'static str, &'static str)>> {
+    let has = |text: &str, w: &str| {
+        text.split_whitespace()
+            .any(|x| x.trim_matches(|c| c == '[' || c == ']') == w)
+    };
+    let ok = match kind {
+        Suspend::Ram => has(state, "mem"),
+        Suspend::Disk => has(state, "disk"),
+        Suspend::Hybrid => has(state, "disk") && has(disk, "suspend"),
+    };
+    if !ok {
+        return Err(QgaError::generic(
+            "the requested suspend mode is not supported by the guest",
+        ));
+    }
+    Ok(match kind {
+        Suspend::Ram => vec![("/sys/power/state", "mem")],
+        Suspend::Disk => vec![("/sys/power/state", "disk")],
+        Suspend::Hybrid => vec![("/sys/power/disk", "suspend"), ("/sys/power/state", "disk")],
+    })
+}
+
+fn suspend(kind: Suspend, a: Args) -> QgaResult<Value> {
+    a.finish()?;
+    let state = std::fs::read_to_string("/sys/power/state").unwrap_or_default();
+    let disk = std::fs::read_to_string("/sys/power/disk").unwrap_or_default();
+    let plan = suspend_plan(kind, &state, &disk)?;
+    // The write to /sys/power/state returns only after resume: do it off
+    // the worker so the agent keeps its timeout semantics.
+    std::thread::spawn(move || {
+        for (path, val) in plan {
+            if let Err(e) = std::fs::write(path, val) {
+                log::error!("suspend: writing {val} to {path} failed: {e}");
+                return;
+            }
+        }
+    });
+    Ok(json!({}))
+}
+
+/// guest-suspend-disk.
+pub fn suspend_disk(_: &Ctx, a: Args) -> QgaResult<Value> {
+    suspend(Suspend::Disk, a)
+}
+
+/// guest-suspend-ram.
+pub fn suspend_ram(_: &Ctx, a: Args) -> QgaResult<Value> {
+    suspend(Suspend::Ram, a)
+}
+
+/// guest-suspend-hybrid.
+pub fn suspend_hybrid(_: &Ctx, a: Args) -> QgaResult<Value> {
+    suspend(Suspend::Hybrid, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_modes() {
+        assert_eq!(shutdown_plan(None).unwrap().reboot_cmd, libc::RB_POWER_OFF);
+        assert_eq!(shutdown_plan(Some("reboot")).unwrap().args[0], "-r");
+        assert_eq!(shutdown_plan(Some("halt")).unwrap().args[1], "-H");
+        assert!(shutdown_plan(Some("bogus")).is_err());
+    }
+
+    #[test]
+    fn suspend_support() {
+        assert_eq!(
+            suspend_plan(Suspend::Ram, "freeze mem disk\n", "").unwrap(),
+            vec![("/sys/power/state", "mem")]
+        );
+        assert!(suspend_plan(Suspend::Disk, "freeze mem\n", "").is_err());
+        assert_eq!(
+            suspend_plan(Suspend::Hybrid, "mem disk", "[platform] shutdown suspend")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(suspend_plan(Suspend::Hybrid, "mem disk", "[platform] shutdown").is_err());
+    }
+}

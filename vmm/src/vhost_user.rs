@@ -1,0 +1,808 @@
+//! A vhost-user backend serving the virtio-serial device core (`devices::virtio::console`).
+//!
+//! The VMM listens on a unix socket; a vhost-user frontend (QEMU, Cloud Hypervisor, User-Mode
+//! Linux) connects, hands over guest memory and its virtqueues, and the same `Console` that the
+//! KVM machine puts behind virtio-mmio serves them. One frontend at a time; when it goes away
+//! the device is reset (every port guest-closed) and the next one may connect.
+//!
+//! Everything runs on the VMM's one event-loop thread: the listening socket, the frontend's
+//! socket, the queues' kick fds and the device's pending-work eventfd are event-manager fds of
+//! [`VhostUserBackend`]. No worker threads, no locks around the device.
+//!
+//! The protocol layer is the project's own (this file), built on the message definitions of
+//! the `vhost` crate (`vhost::vhost_user::message`): `vhost` 0.18's request handler insists that
+//! `SET_MEM_TABLE`'s payload is exactly as long as the regions it describes, and User-Mode Linux
+//! sends a payload sized for two regions while describing one, so that handler cannot serve UML
+//! (see docs/vhost-user.md).
+
+use devices::virtio::console::Console;
+use devices::virtio::{DeviceIo, InterruptKind, InterruptSignal, Queue, QueueT, VirtioDevice};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserConfig, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserU64,
+    VhostUserVirtioFeatures, VhostUserVringAddr, VhostUserVringState, MAX_MSG_SIZE,
+};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::ports::PortDevice;
+
+/// Header flag bits (vhost-user spec): protocol version 1, reply, need-reply.
+const VERSION: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+const HEADER_LEN: usize = 12;
+/// Largest split virtqueue (virtio spec).
+const MAX_QUEUE_SIZE: u16 = 32768;
+/// Most memory regions one `SET_MEM_TABLE` may describe (the spec's `VHOST_MEMORY_BASELINE_NREGIONS`).
+const MAX_REGIONS: usize = 8;
+/// How long a message that has started to arrive may take to arrive completely.
+const MSG_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Protocol features offered. `BACKEND_REQ`: the backend-request channel is kept open for the
+/// whole session but never written (the console's configuration never changes after start);
+/// UML 6.1 needs it, since without it the first virtqueue asks for IRQ 0 and the probe fails
+/// with EBUSY. Not offered: `INBAND_NOTIFICATIONS` (kicks and calls go through fds), `MQ` (the
+/// queue count is fixed by the device).
+fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::BACKEND_REQ
+}
+
+/// Per-queue state besides the `Queue` itself.
+#[derive(Default)]
+struct Ring {
+    kick: Option<File>,
+    call: Option<File>,
+    /// `SET_VRING_ENABLE` state (rings start enabled unless protocol features were negotiated).
+    enabled: bool,
+    addr_set: bool,
+}
+
+/// Writes the call fds (eventfds or, with UML, socketpairs: 8 bytes each time).
+struct Calls<'a>(&'a [Ring]);
+
+impl InterruptSignal for Calls<'_> {
+    fn trigger(&self, kind: InterruptKind) {
+        match kind {
+            InterruptKind::Queue(i) => {
+                if let Some(Some(f)) = self.0.get(usize::from(i)).map(|r| r.call.as_ref()) {
+                    let _ = (&*f).write(&1u64.to_ne_bytes());
+                }
+            }
+            InterruptKind::Config => {
+                log::debug!("vhost-user: config interrupt not delivered (no backend channel)")
+            }
+        }
+    }
+}
+
+/// One connected frontend.
+struct Session {
+    sock: UnixStream,
+    protocol: u64,
+    acked_features: u64,
+    activated: bool,
+    regions: Vec<VhostUserMemoryRegion>,
+    mem: Option<GuestMemoryMmap>,
+    queues: Vec<Queue>,
+    rings: Vec<Ring>,
+    /// The device returned an error: no queue work until the frontend resets or reconnects.
+    broken: bool,
+    /// `SET_BACKEND_REQ_FD`: held open (a frontend may drop the device when it closes).
+    backend_req: Option<File>,
+}
+
+impl Session {
+    fn reply_ack(&self) -> bool {
+        self.protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+
+    fn protocol_features_acked(&self) -> bool {
+        self.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
+    }
+
+    /// Frontend virtual address → guest physical address.
+    fn va_to_gpa(&self, va: u64) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let (ua, size, gpa) = (r.user_addr, r.memory_size, r.guest_phys_addr);
+            (va >= ua && va - ua < size).then(|| gpa + (va - ua))
+        })
+    }
+
+    /// Makes queue `i` ready when everything it needs is there, else not ready.
+    fn update_ready(&mut self, i: usize) {
+        let Some(r) = self.rings.get(i) else { return };
+        let want = r.addr_set && r.kick.is_some() && r.enabled;
+        let q = &mut self.queues[i];
+        // `is_valid` looks at ready queues only.
+        q.set_ready(want);
+        let ok = want && self.mem.as_ref().is_some_and(|m| q.is_valid(m));
+        if want && !ok {
+            log::warn!("vhost-user: queue {i}: rings outside guest memory; not started");
+        }
+        q.set_ready(ok);
+    }
+}
+
+/// The vhost-user backend: listening socket, the current frontend, the device.
+pub struct VhostUserBackend {
+    path: PathBuf,
+    listener: UnixListener,
+    session: Option<Session>,
+    console: Console,
+    work: EventFd,
+    /// fds currently registered with the event manager.
+    registered: Vec<RawFd>,
+}
+
+/// Shared handle: the event-manager subscriber and the [`PortDevice`] for the port hub.
+#[derive(Clone)]
+pub struct VhostUserDevice(pub Rc<RefCell<VhostUserBackend>>);
+
+impl VhostUserBackend {
+    /// Listens on `path` (a stale socket file there is replaced) and serves `console`.
+    pub fn new(path: &Path, console: Console) -> io::Result<Self> {
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if !m.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        Ok(VhostUserBackend {
+            path: path.to_path_buf(),
+            listener,
+            session: None,
+            console,
+            work: EventFd::new(EFD_NONBLOCK)?,
+            registered: Vec::new(),
+        })
+    }
+
+    /// Removes the socket file.
+    pub fn cleanup(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Runs `f` with the device and, when a frontend has given memory, its I/O; then schedules
+    /// more work if the device left some.
+    fn with_io<R>(
+        &mut self,
+        f: impl FnOnce(
+            &mut Console,
+            Option<&mut DeviceIo<'_, GuestMemoryMmap, Vec<Queue>>>,
+        ) -> Result<R, devices::virtio::DeviceError>,
+    ) -> Option<R> {
+        let res = match self.session.as_mut() {
+            Some(s) if !s.broken && s.mem.is_some() => {
+                let mem = s.mem.as_ref().expect("checked");
+                let calls = Calls(&s.rings);
+                let mut io = DeviceIo {
+                    mem,
+                    queues: &mut s.queues,
+                    irq: &calls,
+                };
+                let r = f(&mut self.console, Some(&mut io));
+                if let Err(e) = &r {
+                    log::error!("vhost-user: device error, queues stopped until reset: {e}");
+                    s.broken = true;
+                }
+                r.ok()
+            }
+            _ => f(&mut self.console, None).ok(),
+        };
+        if self.console.has_pending_work() {
+            let _ = self.work.write(1);
+        }
+        res
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        self.with_io(|c, io| match io {
+            Some(io) => c.queue_notify(io, index),
+            None => Ok(()),
+        });
+    }
+
+    fn process(&mut self) {
+        self.with_io(|c, io| match io {
+            Some(io) => c.process(io),
+            None => Ok(()),
+        });
+    }
+
+    fn accept(&mut self) {
+        let sock = match self.listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    log::warn!("vhost-user: accept: {e}");
+                }
+                return;
+            }
+        };
+        if self.session.is_some() {
+            log::warn!("vhost-user: a second frontend was refused (one at a time)");
+            return;
+        }
+        if let Err(e) = sock
+            .set_nonblocking(false)
+            .and_then(|_| sock.set_read_timeout(Some(MSG_TIMEOUT)))
+            .and_then(|_| sock.set_write_timeout(Some(MSG_TIMEOUT)))
+        {
+            log::warn!("vhost-user: socket setup: {e}");
+            return;
+        }
+        log::info!("vhost-user: frontend connected");
+        // vhost-user has no per-queue maximum: the frontend picks any power of two up to the
+        // split-ring limit (UML: 256 for every queue, control queues included).
+        let sizes = self.console.queue_max_sizes();
+        let queues = sizes
+            .iter()
+            .map(|_| Queue::new(MAX_QUEUE_SIZE).expect("valid queue size"))
+            .collect();
+        self.session = Some(Session {
+            sock,
+            protocol: 0,
+            acked_features: 0,
+            activated: false,
+            regions: Vec::new(),
+            mem: None,
+            queues,
+            rings: sizes.iter().map(|_| Ring::default()).collect(),
+            broken: false,
+            backend_req: None,
+        });
+    }
+
+    /// The frontend went away: the device is reset (every port guest-closed).
+    fn disconnect(&mut self) {
+        if self.session.take().is_some() {
+            log::info!("vhost-user: frontend disconnected; device reset");
+            self.console.reset();
+        }
+    }
+
+    /// Handles one message; Err means the session must end.
+    fn handle_message(&mut self) -> io::Result<()> {
+        let s = self.session.as_mut().expect("session");
+        let (hdr, files) = recv_header(&s.sock)?;
+        let (code, flags, size) = hdr;
+        if size as usize > MAX_MSG_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("message {code} of {size} bytes"),
+            ));
+        }
+        let mut body = vec![0u8; size as usize];
+        (&s.sock).read_exact(&mut body)?;
+        let req = FrontendReq::try_from(code).ok();
+        log::debug!(
+            "vhost-user: {req:?} ({code}) size {size} fds {}",
+            files.len()
+        );
+        let need_reply = flags & FLAG_NEED_REPLY != 0;
+        let mut replied = false;
+        let ok: bool = match req {
+            Some(FrontendReq::GET_FEATURES) => {
+                let f = self.console.device_features()
+                    | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+                send_reply(&s.sock, code, VhostUserU64::new(f).as_slice())?;
+                replied = true;
+                true
+            }
+            Some(FrontendReq::SET_FEATURES) => match read_body::<VhostUserU64>(&body) {
+                Some(v) => {
+                    let f = v.value;
+                    if s.activated {
+                        // A new driver negotiation: start over.
+                        self.console.reset();
+                    }
+                    s.acked_features = f;
+                    let event_idx = f & (1 << devices::virtio::VIRTIO_RING_F_EVENT_IDX) != 0;
+                    for q in &mut s.queues {
+                        q.set_event_idx(event_idx);
+                    }
+                    // vhost-user has no DRIVER_OK: the device is live once features are set.
+                    self.console
+                        .ack_features(f & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
+                    self.console.activate();
+                    s.activated = true;
+                    // Without protocol features, rings start enabled.
+                    if !s.protocol_features_acked() {
+                        for r in &mut s.rings {
+                            r.enabled = true;
+                        }
+                    }
+                    true
+                }
+                None => false,
+            },
+            Some(FrontendReq::GET_PROTOCOL_FEATURES) => {
+                let f = offered_protocol_features().bits();
+                send_reply(&s.sock, code, VhostUserU64::new(f).as_slice())?;
+                replied = true;
+                true
+            }
+            Some(FrontendReq::SET_PROTOCOL_FEATURES) => match read_body::<VhostUserU64>(&body) {
+                Some(v) => {
+                    s.protocol = v.value & offered_protocol_features().bits();
+                    true
+                }
+                None => false,
+            },
+            Some(FrontendReq::SET_OWNER) => true,
+            Some(FrontendReq::SET_BACKEND_REQ_FD) => {
+                s.backend_req = files.into_iter().next();
+                s.backend_req.is_some()
+            }
+            Some(FrontendReq::RESET_OWNER) | Some(FrontendReq::RESET_DEVICE) => {
+                self.console.reset();
+                for (i, q) in s.queues.iter_mut().enumerate() {
+                    q.reset();
+                    s.rings[i] = Ring::default();
+                }
+                s.activated = false;
+                s.broken = false;
+                true
+            }
+            Some(FrontendReq::GET_QUEUE_NUM) => {
+                send_reply(
+                    &s.sock,
+                    code,
+                    VhostUserU64::new(s.queues.len() as u64).as_slice(),
+                )?;
+                replied = true;
+                true
+            }
+            Some(FrontendReq::SET_MEM_TABLE) => set_mem_table(s, &body, files),
+            Some(FrontendReq::SET_VRING_NUM) => match read_body::<VhostUserVringState>(&body) {
+                Some(v) => {
+                    let (i, num) = (v.index as usize, v.num);
+                    match s.queues.get_mut(i) {
+                        Some(q)
+                            if num > 0
+                                && num <= u32::from(q.max_size())
+                                && num.is_power_of_two() =>
+                        {
+                            q.set_size(num as u16);
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                None => false,
+            },
+            Some(FrontendReq::SET_VRING_ADDR) => match read_body::<VhostUserVringAddr>(&body) {
+                Some(a) => {
+                    let i = a.index as usize;
+                    let (d, u, av) = (a.descriptor, a.used, a.available);
+                    match (s.va_to_gpa(d), s.va_to_gpa(u), s.va_to_gpa(av)) {
+                        (Some(d), Some(u), Some(av)) if i < s.queues.len() => {
+                            let q = &mut s.queues[i];
+                            q.set_desc_table_address(Some(d as u32), Some((d >> 32) as u32));
+                            q.set_used_ring_address(Some(u as u32), Some((u >> 32) as u32));
+                            q.set_avail_ring_address(Some(av as u32), Some((av >> 32) as u32));
+                            s.rings[i].addr_set = true;
+                            s.update_ready(i);
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                None => false,
+            },
+            Some(FrontendReq::SET_VRING_BASE) => match read_body::<VhostUserVringState>(&body) {
+                Some(v) if (v.index as usize) < s.queues.len() && v.num <= 0xffff => {
+                    let q = &mut s.queues[v.index as usize];
+                    q.set_next_avail(v.num as u16);
+                    q.set_next_used(v.num as u16);
+                    true
+                }
+                _ => false,
+            },
+            Some(FrontendReq::GET_VRING_BASE) => match read_body::<VhostUserVringState>(&body) {
+                Some(v) if (v.index as usize) < s.queues.len() => {
+                    let i = v.index as usize;
+                    // The ring stops.
+                    s.rings[i].kick = None;
+                    s.rings[i].addr_set = false;
+                    s.queues[i].set_ready(false);
+                    let st = VhostUserVringState::new(v.index, u32::from(s.queues[i].next_avail()));
+                    send_reply(&s.sock, code, st.as_slice())?;
+                    replied = true;
+                    true
+                }
+                _ => false,
+            },
+            Some(FrontendReq::SET_VRING_KICK)
+            | Some(FrontendReq::SET_VRING_CALL)
+            | Some(FrontendReq::SET_VRING_ERR) => match read_body::<VhostUserU64>(&body) {
+                Some(v) => {
+                    let i = (v.value & 0xff) as usize;
+                    let nofd = v.value & 0x100 != 0;
+                    let file = if nofd { None } else { files.into_iter().next() };
+                    if let Some(f) = &file {
+                        set_nonblocking(f.as_raw_fd());
+                    }
+                    if i >= s.rings.len() {
+                        false
+                    } else {
+                        match req {
+                            Some(FrontendReq::SET_VRING_KICK) => {
+                                s.rings[i].kick = file;
+                                if !s.protocol_features_acked() {
+                                    s.rings[i].enabled = true;
+                                }
+                                s.update_ready(i);
+                            }
+                            Some(FrontendReq::SET_VRING_CALL) => s.rings[i].call = file,
+                            _ => {}
+                        }
+                        true
+                    }
+                }
+                None => false,
+            },
+            Some(FrontendReq::SET_VRING_ENABLE) => match read_body::<VhostUserVringState>(&body) {
+                Some(v) if (v.index as usize) < s.rings.len() => {
+                    let i = v.index as usize;
+                    s.rings[i].enabled = v.num != 0;
+                    s.update_ready(i);
+                    true
+                }
+                _ => false,
+            },
+            Some(FrontendReq::GET_CONFIG) => {
+                let hdr_len = std::mem::size_of::<VhostUserConfig>();
+                match read_body::<VhostUserConfig>(&body) {
+                    Some(c) if c.size <= 4096 => {
+                        let (off, sz) = (c.offset, c.size);
+                        let mut data = vec![0u8; sz as usize];
+                        self.console.read_config(u64::from(off), &mut data);
+                        let mut payload = body[..hdr_len].to_vec();
+                        payload.extend_from_slice(&data);
+                        send_reply(&s.sock, code, &payload)?;
+                    }
+                    _ => {
+                        // A reply with size 0 tells the frontend the read failed.
+                        let mut payload =
+                            body.get(..hdr_len).map_or(vec![0; hdr_len], |b| b.to_vec());
+                        payload[4..8].copy_from_slice(&0u32.to_le_bytes());
+                        send_reply(&s.sock, code, &payload)?;
+                    }
+                }
+                replied = true;
+                true
+            }
+            Some(FrontendReq::SET_CONFIG) => {
+                let hdr_len = std::mem::size_of::<VhostUserConfig>();
+                match read_body::<VhostUserConfig>(&body) {
+                    Some(c) if body.len() >= hdr_len + c.size as usize => {
+                        let off = c.offset;
+                        let data = body[hdr_len..hdr_len + c.size as usize].to_vec();
+                        self.console.write_config(u64::from(off), &data);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => {
+                log::warn!("vhost-user: unsupported request {code}; refused");
+                false
+            }
+        };
+        let s = self.session.as_mut().expect("session");
+        if need_reply && !replied && s.reply_ack() {
+            send_reply(&s.sock, code, VhostUserU64::new(u64::from(!ok)).as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, ops: &mut EventOps) {
+        let mut want = vec![self.listener.as_raw_fd(), self.work.as_raw_fd()];
+        if let Some(s) = &self.session {
+            want.push(s.sock.as_raw_fd());
+            want.extend(
+                s.rings
+                    .iter()
+                    .filter_map(|r| r.kick.as_ref().map(|f| f.as_raw_fd())),
+            );
+        }
+        for fd in std::mem::take(&mut self.registered) {
+            if want.contains(&fd) {
+                self.registered.push(fd);
+            } else {
+                let _ = ops.remove(Events::empty_raw(fd));
+            }
+        }
+        for fd in want {
+            if !self.registered.contains(&fd) {
+                match ops.add(Events::new_raw(fd, EventSet::IN)) {
+                    Ok(()) => self.registered.push(fd),
+                    Err(e) => log::error!("vhost-user: cannot watch fd {fd}: {e:?}"),
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, fd: RawFd, set: EventSet) {
+        if fd == self.listener.as_raw_fd() {
+            self.accept();
+            return;
+        }
+        if fd == self.work.as_raw_fd() {
+            let _ = self.work.read();
+            self.process();
+            return;
+        }
+        let Some(s) = self.session.as_ref() else {
+            return;
+        };
+        if fd == s.sock.as_raw_fd() {
+            if set.intersects(EventSet::ERROR | EventSet::HANG_UP) && !set.contains(EventSet::IN) {
+                self.disconnect();
+                return;
+            }
+            match self.handle_message() {
+                Ok(()) => {
+                    // Host-side state may have changed (rings started): let the device run.
+                    self.process();
+                }
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        log::warn!("vhost-user: {e}");
+                    }
+                    self.disconnect();
+                }
+            }
+            return;
+        }
+        if let Some(i) = s
+            .rings
+            .iter()
+            .position(|r| r.kick.as_ref().is_some_and(|f| f.as_raw_fd() == fd))
+        {
+            if let Some(f) = &s.rings[i].kick {
+                let mut buf = [0u8; 8];
+                while matches!((&*f).read(&mut buf), Ok(n) if n > 0) {}
+            }
+            if s.queues[i].ready() {
+                self.queue_notify(i as u16);
+            }
+        }
+    }
+}
+
+fn set_mem_table(s: &mut Session, body: &[u8], files: Vec<File>) -> bool {
+    // struct { u32 nregions; u32 padding; region[nregions] }. UML sends room for more regions
+    // than it describes: only the described ones are read; a payload too short is refused.
+    let Some(n) = body
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    else {
+        return false;
+    };
+    let n = n as usize;
+    let rsize = std::mem::size_of::<VhostUserMemoryRegion>();
+    if n == 0 || n > MAX_REGIONS || body.len() < 8 + n * rsize || files.len() < n {
+        log::warn!(
+            "vhost-user: SET_MEM_TABLE refused: {n} regions, {} bytes, {} fds",
+            body.len(),
+            files.len()
+        );
+        return false;
+    }
+    let mut regions = Vec::with_capacity(n);
+    let mut mapped = Vec::with_capacity(n);
+    for (i, file) in files.into_iter().take(n).enumerate() {
+        let Some(r) = read_body::<VhostUserMemoryRegion>(&body[8 + i * rsize..8 + (i + 1) * rsize])
+        else {
+            return false;
+        };
+        let (gpa, size) = (r.guest_phys_addr, r.memory_size);
+        if size == 0 || gpa.checked_add(size).is_none() || r.user_addr.checked_add(size).is_none() {
+            return false;
+        }
+        let m = match r.mmap_region::<()>(file) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("vhost-user: cannot map region {i}: {e}");
+                return false;
+            }
+        };
+        let Some(g) = GuestRegionMmap::new(m, GuestAddress(gpa)) else {
+            return false;
+        };
+        mapped.push(g);
+        regions.push(r);
+    }
+    match GuestMemoryMmap::from_regions(mapped) {
+        Ok(mem) => {
+            s.mem = Some(mem);
+            s.regions = regions;
+            true
+        }
+        Err(e) => {
+            log::warn!("vhost-user: bad memory table: {e}");
+            false
+        }
+    }
+}
+
+/// A copy of a message body of type `T` (bodies longer than `T` are accepted; shorter ones not).
+fn read_body<T: ByteValued>(body: &[u8]) -> Option<T> {
+    body.get(..std::mem::size_of::<T>())
+        .and_then(T::from_slice)
+        .copied()
+}
+
+/// Reads a 12-byte header and the fds sent with it.
+fn recv_header(sock: &UnixStream) -> io::Result<((u32, u32, u32), Vec<File>)> {
+    let mut hdr = [0u8; HEADER_LEN];
+    let mut fds = [-1 as RawFd; 8];
+    let mut iov = [libc::iovec {
+        iov_base: hdr.as_mut_ptr().cast(),
+        iov_len: hdr.len(),
+    }];
+    // SAFETY: the iovec points to `hdr`, which is valid for writes of its length and outlives the call.
+    let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut fds) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    let files: Vec<File> = fds[..nfds]
+        .iter()
+        // SAFETY: these fds were just received with SCM_RIGHTS; nothing else owns them.
+        .map(|&fd| unsafe { File::from_raw_fd(fd) })
+        .collect();
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    if n < HEADER_LEN {
+        (&*sock).read_exact(&mut hdr[n..])?;
+    }
+    let w = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
+    Ok(((w(0), w(4), w(8)), files))
+}
+
+fn send_reply(sock: &UnixStream, code: u32, payload: &[u8]) -> io::Result<()> {
+    let mut msg = Vec::with_capacity(HEADER_LEN + payload.len());
+    msg.extend_from_slice(&code.to_le_bytes());
+    msg.extend_from_slice(&(VERSION | FLAG_REPLY).to_le_bytes());
+    msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    msg.extend_from_slice(payload);
+    (&*sock).write_all(&msg)
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd we own; F_GETFL/F_SETFL take no pointers.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
+impl MutEventSubscriber for VhostUserDevice {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.0.borrow_mut().register(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut b = self.0.borrow_mut();
+        b.on_event(events.fd(), events.event_set());
+        b.register(ops);
+    }
+}
+
+impl PortDevice for VhostUserDevice {
+    fn port_write(&self, port: u32, data: &[u8]) -> usize {
+        self.0
+            .borrow_mut()
+            .with_io(|c, io| match io {
+                Some(io) => c.port_write_io(Some(io), port, data),
+                None => Ok(c.port_write(port, data)),
+            })
+            .unwrap_or(0)
+    }
+
+    fn port_drained(&self, port: u32) {
+        self.0.borrow_mut().with_io(|c, io| {
+            c.port_drained(port);
+            match io {
+                Some(io) => c.process(io),
+                None => Ok(()),
+            }
+        });
+    }
+
+    fn set_host_connected(&self, port: u32, connected: bool) {
+        self.0.borrow_mut().with_io(|c, io| {
+            if let Err(e) = c.set_host_connected(port, connected) {
+                log::warn!("vhost-user: port {port}: {e}");
+            }
+            match io {
+                Some(io) => c.process(io),
+                None => Ok(()),
+            }
+        });
+    }
+}
+
+/// Builds the virtio-serial device for `-machine vhost-user,socket=PATH`, wires its ports
+/// through `hub` and adds both to the event loop. Returns the device (for cleanup at exit).
+pub fn start(
+    socket: &Path,
+    max_ports: u32,
+    plan: &[crate::ports::PlannedPort],
+    mut hub: crate::ports::PortHub,
+    chardevs: &[chardev::Chardev],
+    proxies: &[(String, Rc<RefCell<qmp::QmpProxy>>)],
+    em: &mut event_manager::EventManager<Box<dyn MutEventSubscriber>>,
+) -> Result<VhostUserDevice, String> {
+    use crate::ports::PortSink;
+    use devices::virtio::console::{
+        ConsoleConfig, PortConfig, PortKind, DEFAULT_TO_GUEST_CAPACITY,
+    };
+    let mut console = Console::new(ConsoleConfig {
+        max_nr_ports: max_ports,
+        ..ConsoleConfig::default()
+    })
+    .map_err(|e| format!("virtio-serial: {e}"))?;
+    for p in plan {
+        let sink = match proxies.iter().find(|(id, _)| *id == p.chardev) {
+            Some((_, px)) => PortSink::Proxy(px.clone()),
+            None => PortSink::Chardev(
+                chardevs
+                    .iter()
+                    .find(|c| c.id() == p.chardev)
+                    .cloned()
+                    .ok_or_else(|| format!("-device: chardev '{}' does not exist", p.chardev))?,
+            ),
+        };
+        let host_connected = sink.connected();
+        let backend = hub
+            .add_port(p.port, p.dev_id.clone(), sink)
+            .map_err(|e| format!("port {}: {e}", p.port))?;
+        let cfg = PortConfig {
+            id: p.port,
+            kind: if p.console {
+                PortKind::Console
+            } else {
+                PortKind::Serial
+            },
+            name: p.name.clone(),
+            host_connected,
+            to_guest_capacity: DEFAULT_TO_GUEST_CAPACITY,
+        };
+        console
+            .add_port(cfg, backend)
+            .map_err(|e| format!("port {}: {e}", p.port))?;
+    }
+    let backend = VhostUserBackend::new(socket, console).map_err(|e| {
+        format!(
+            "-machine vhost-user: cannot listen on {}: {e}",
+            socket.display()
+        )
+    })?;
+    let dev = VhostUserDevice(Rc::new(RefCell::new(backend)));
+    hub.connect(Rc::new(dev.clone()));
+    em.add_subscriber(Box::new(dev.clone()));
+    em.add_subscriber(Box::new(hub));
+    Ok(dev)
+}
