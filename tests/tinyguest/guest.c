@@ -12,6 +12,9 @@
  *      registers (notifications hit the VMM's ioeventfds): features, control queues,
  *      DEVICE_READY, DEVICE_ADD -> PORT_READY, PORT_NAME / PORT_OPEN from the host, then opens
  *      the port (PORT_OPEN 1), which the host side sees as the guest agent's port opening,
+ *      The device's interrupt is taken for real: IDT, LAPIC and the IOAPIC redirection entry
+ *      of the DSDT's GSI are programmed, and the driver sleeps in `hlt` until the VMM's irqfd
+ *      edge arrives (vector 0x30),
  *   5. with "tinyguest.poweroff" on its command line, powers off through the FADT's sleep
  *      control register (ACPI S5); otherwise it keeps printing control messages it receives.
  * Every step prints one "tinyguest: ..." line; failures print "tinyguest: FAIL ..." and stop.
@@ -30,6 +33,32 @@ __attribute__((section(".text.entry"), naked, noreturn)) void _start(void)
 
 uint8_t stack[16384] __attribute__((aligned(16), used));
 __asm__(".globl stack_top\n.set stack_top, stack + 16384\n");
+
+/* ---- interrupts: IDT with a fatal stub for exceptions, a counting stub for vector 0x30 and a
+   spurious stub for the rest; both non-fatal stubs send the LAPIC EOI. ---- */
+#define VIRTIO_VECTOR 0x30
+volatile uint32_t irq_count, spurious_count;
+__asm__(
+    ".text\n"
+    "irq_virtio:\n"
+    "  push %rax\n"
+    "  lock incl irq_count(%rip)\n"
+    "  mov $0xfee000b0, %rax\n"
+    "  movl $0, (%rax)\n"
+    "  pop %rax\n"
+    "  iretq\n"
+    "irq_spurious:\n"
+    "  push %rax\n"
+    "  lock incl spurious_count(%rip)\n"
+    "  mov $0xfee000b0, %rax\n"
+    "  movl $0, (%rax)\n"
+    "  pop %rax\n"
+    "  iretq\n"
+    "irq_fault:\n"
+    "  call tiny_fault\n");
+extern char irq_virtio[], irq_spurious[], irq_fault[];
+struct idt_entry { uint16_t off0, sel; uint8_t ist, type; uint16_t off1; uint32_t off2, zero; };
+static struct idt_entry idt[256] __attribute__((aligned(16)));
 
 /* ---- port I/O and the UART ---- */
 static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
@@ -60,6 +89,35 @@ static void putdec(uint64_t v)
 }
 static void halt(void) { for (;;) __asm__ volatile("cli; hlt"); }
 static void fail(const char *what) { puts_("tinyguest: FAIL "); puts_(what); puts_("\n"); halt(); }
+void tiny_fault(void);
+void tiny_fault(void) { fail("CPU exception"); }
+
+static void set_gate(int v, void *handler)
+{
+    uint64_t a = (uintptr_t)handler;
+    uint16_t cs;
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    idt[v] = (struct idt_entry){(uint16_t)a, cs, 0, 0x8e, (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0};
+}
+
+static void mmio_w32(uint64_t a, uint32_t v) { *(volatile uint32_t *)(uintptr_t)a = v; }
+static uint32_t mmio_r32(uint64_t a) { return *(volatile uint32_t *)(uintptr_t)a; }
+
+/* Routes `gsi` (edge, active high) to vector VIRTIO_VECTOR on this CPU through the IOAPIC. */
+static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi)
+{
+    for (int v = 0; v < 256; v++) set_gate(v, v < 32 ? irq_fault : irq_spurious);
+    set_gate(VIRTIO_VECTOR, irq_virtio);
+    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idtr = {sizeof(idt) - 1, (uintptr_t)idt};
+    __asm__ volatile("lidt %0" ::"m"(idtr));
+    outb(0x21, 0xff); outb(0xa1, 0xff);              /* mask the 8259s */
+    mmio_w32(lapic + 0xf0, 0x100 | 0xff);            /* LAPIC on, spurious vector 0xff */
+    uint32_t apic_id = mmio_r32(lapic + 0x20) >> 24;
+    mmio_w32(ioapic, 0x10 + 2 * gsi + 1);            /* redirection entry, high: destination */
+    mmio_w32(ioapic + 0x10, apic_id << 24);
+    mmio_w32(ioapic, 0x10 + 2 * gsi);                /* low: fixed, physical, edge, high, unmasked */
+    mmio_w32(ioapic + 0x10, VIRTIO_VECTOR);
+}
 
 /* ---- small helpers ---- */
 static int memeq(const void *a, const void *b, size_t n)
@@ -192,11 +250,17 @@ static void send_ctrl(uint32_t id, uint16_t event, uint16_t value)
 }
 
 /* Waits for the next control message from the device. */
+static int use_irq;
 static int recv_ctrl(struct ctrl *c, char *name, size_t name_max, uint64_t spins)
 {
     struct vq *q = &queues[0];
     for (uint64_t i = 0; i < spins; i++) {
         __asm__ volatile("" ::: "memory");
+        if (*(volatile uint16_t *)&q->used.idx == q->last_used && use_irq) {
+            /* Sleep until the device's interrupt (sti's shadow covers hlt: no lost wakeup). */
+            __asm__ volatile("sti; hlt; cli" ::: "memory");
+            continue;
+        }
         if (*(volatile uint16_t *)&q->used.idx != q->last_used) {
             uint32_t slot = q->used.ring[q->last_used % QSZ].id;
             uint32_t len = q->used.ring[q->last_used % QSZ].len;
@@ -225,7 +289,9 @@ static void acpi_poweroff(const uint8_t *fadt)
     puts_("tinyguest: powering off through the sleep control register at ");
     puthex(rd64(gas + 4)); puts_("\n");
     outb((uint16_t)rd64(gas + 4), (5 << 2) | (1 << 5)); /* SLP_TYP = _S5_, SLP_EN */
-    fail("still running after S5");
+    /* The VMM stops the vCPUs from its event loop, a moment after the write. */
+    for (volatile uint64_t i = 0; i < 2000000000ull; i++) __asm__ volatile("pause");
+    fail("still running long after S5");
 }
 
 void tiny_main(const uint8_t *boot_params);
@@ -234,6 +300,8 @@ void tiny_main(const uint8_t *boot_params)
     /* Memory is not cleared on a reset: start from clean driver state. */
     memset(queues, 0, sizeof(queues));
     tx_slot = 0;
+    use_irq = 0;
+    irq_count = spurious_count = 0;
 
     uint64_t cr0, cr4, efer_lo;
     __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
@@ -275,6 +343,10 @@ void tiny_main(const uint8_t *boot_params)
         if (madt[off + 1] == 0) fail("bad MADT entry");
         if (madt[off] == 0 && (rd32(madt + off + 4) & 1)) cpus++;
     }
+    uint64_t lapic = rd32(madt + 36), ioapic = 0;
+    for (uint32_t off = 44; off + 2 <= rd32(madt + 4); off += madt[off + 1])
+        if (madt[off] == 1 && !ioapic) ioapic = rd32(madt + off + 4);
+    if (!ioapic) fail("no IOAPIC in the MADT");
     const uint8_t *dsdt = table(rd64(fadt + 140) ? rd64(fadt + 140) : rd32(fadt + 40), "DSDT");
     if (!dsdt) fail("no DSDT");
     puts_("tinyguest: ACPI: XSDT "); puthex((uintptr_t)xsdt); puts_(", FADT "); puthex((uintptr_t)fadt);
@@ -285,6 +357,12 @@ void tiny_main(const uint8_t *boot_params)
     if (!find_virtio_mmio(dsdt, &dev)) fail("no LNRO0005 device with resources in the DSDT");
     puts_("tinyguest: virtio-mmio (LNRO0005) at "); puthex(dev.base); puts_(" size "); puthex(dev.len);
     puts_(" gsi "); putdec(dev.gsi); puts_(dev.edge ? " edge\n" : " level\n");
+
+    if (!dev.edge) fail("the virtio-mmio interrupt is not edge triggered");
+    setup_interrupts(lapic, ioapic, dev.gsi);
+    puts_("tinyguest: IOAPIC "); puthex(ioapic); puts_(" pin "); putdec(dev.gsi); puts_(" -> vector ");
+    puthex(VIRTIO_VECTOR); puts_(", LAPIC "); puthex(lapic); puts_("\n");
+    use_irq = 1;
 
     mmio = (volatile uint32_t *)(uintptr_t)dev.base;
     if (rreg(0) != 0x74726976) fail("bad virtio-mmio magic");
@@ -341,7 +419,8 @@ void tiny_main(const uint8_t *boot_params)
         }
     }
     uint32_t isr = rreg(0x60);
-    puts_("tinyguest: interrupt status "); puthex(isr); puts_("\n");
+    puts_("tinyguest: interrupt status "); puthex(isr); puts_(", "); putdec(irq_count);
+    puts_(" interrupts on vector 0x30, "); putdec(spurious_count); puts_(" others\n");
     wreg(0x64, isr);
     puts_("tinyguest: port "); putdec(port); puts_(" open\n");
 

@@ -170,10 +170,24 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
         "virtio_mmio.device=512@0xd0000000:5",
         "tinyguest: <- DEVICE_ADD id=1 value=1",
         &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
-        "tinyguest: interrupt status 0x1",
+        "tinyguest: IOAPIC 0xfec00000 pin 5 -> vector 0x30, LAPIC 0xfee00000",
+        "tinyguest: interrupt status 0x1, ",
     ] {
         assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
     }
+    // The device's edges reached the vCPU through irqfd -> IOAPIC -> LAPIC (the guest sleeps in
+    // hlt until they come), and nothing else was delivered.
+    let irqs: u32 = serial
+        .split("interrupt status 0x1, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(irqs >= 1, "{serial}");
+    assert!(
+        serial.contains(" interrupts on vector 0x30, 0 others"),
+        "{serial}"
+    );
     assert!(!serial.contains("FAIL"), "{serial}");
     assert_eq!(status(&mut c), "running");
     assert_eq!(
