@@ -16,7 +16,8 @@
  *      of the DSDT's GSI are programmed, and the driver sleeps in `hlt` until the VMM's irqfd
  *      edge arrives (vector 0x30),
  *   5. with "tinyguest.poweroff" on its command line, powers off through the FADT's sleep
- *      control register (ACPI S5); otherwise it keeps printing control messages it receives.
+ *      control register (ACPI S5); with "tinyguest.reboot", resets through the FADT's reset
+ *      register; otherwise it keeps printing control messages it receives.
  * Every step prints one "tinyguest: ..." line; failures print "tinyguest: FAIL ..." and stop.
  */
 #include <stdint.h>
@@ -294,6 +295,16 @@ static void acpi_poweroff(const uint8_t *fadt)
     fail("still running long after S5");
 }
 
+static void acpi_reset(const uint8_t *fadt)
+{
+    const uint8_t *gas = fadt + 116; /* RESET_REG */
+    if (!(rd32(fadt + 112) & (1 << 10)) || gas[0] != 1) fail("no reset register in the FADT");
+    puts_("tinyguest: resetting through the reset register at "); puthex(rd64(gas + 4)); puts_("\n");
+    outb((uint16_t)rd64(gas + 4), fadt[128]);
+    for (volatile uint64_t i = 0; i < 2000000000ull; i++) __asm__ volatile("pause");
+    fail("still running long after the reset");
+}
+
 void tiny_main(const uint8_t *boot_params);
 void tiny_main(const uint8_t *boot_params)
 {
@@ -424,10 +435,11 @@ void tiny_main(const uint8_t *boot_params)
     wreg(0x64, isr);
     puts_("tinyguest: port "); putdec(port); puts_(" open\n");
 
-    if (cmdline && contains(cmdline, "tinyguest.poweroff")) {
+    if (cmdline && (contains(cmdline, "tinyguest.poweroff") || contains(cmdline, "tinyguest.reboot"))) {
         /* Give the host a moment to see the open before the machine goes away. */
         for (volatile uint64_t i = 0; i < 200000; i++) __asm__ volatile("pause");
-        acpi_poweroff(fadt);
+        if (contains(cmdline, "tinyguest.poweroff")) acpi_poweroff(fadt);
+        acpi_reset(fadt);
     }
     for (;;) {
         if (recv_ctrl(&c, name, sizeof(name), 1000000000ull)) {

@@ -356,3 +356,38 @@ fn bad_input_gives_one_clear_error_line() {
         assert_one_error_line(&["-kernel", &k, "-initrd", &d("missing")], "-initrd");
     }
 }
+
+#[test]
+fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vm = start_vm(dir.path(), &kernel, "tinyguest.reboot", &[]);
+    let mut c = vm.client();
+    for _ in 0..2 {
+        let ev = c.wait_event("RESET", Duration::from_secs(60)).unwrap();
+        assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
+    }
+    vm.wait_serial(
+        "tinyguest: hello from 64-bit long mode",
+        3,
+        Duration::from_secs(30),
+    );
+    assert_eq!(status(&mut c), "running");
+    c.execute("quit", Value::Null).unwrap().unwrap();
+    drop(vm);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = start_vm(dir.path(), &kernel, "tinyguest.reboot", &["-no-reboot"]);
+    let mut c = vm.client();
+    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
+    assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
+    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert_eq!(
+        vm.serial_text()
+            .matches("tinyguest: hello from 64-bit long mode")
+            .count(),
+        1
+    );
+}
