@@ -38,12 +38,20 @@ __asm__(".globl stack_top\n.set stack_top, stack + 16384\n");
 /* ---- interrupts: IDT with a fatal stub for exceptions, a counting stub for vector 0x30 and a
    spurious stub for the rest; both non-fatal stubs send the LAPIC EOI. ---- */
 #define VIRTIO_VECTOR 0x30
-volatile uint32_t irq_count, spurious_count;
+#define SERIAL_VECTOR 0x31
+volatile uint32_t irq_count, spurious_count, serial_irq_count;
 __asm__(
     ".text\n"
     "irq_virtio:\n"
     "  push %rax\n"
     "  lock incl irq_count(%rip)\n"
+    "  mov $0xfee000b0, %rax\n"
+    "  movl $0, (%rax)\n"
+    "  pop %rax\n"
+    "  iretq\n"
+    "irq_serial:\n"
+    "  push %rax\n"
+    "  lock incl serial_irq_count(%rip)\n"
     "  mov $0xfee000b0, %rax\n"
     "  movl $0, (%rax)\n"
     "  pop %rax\n"
@@ -57,7 +65,7 @@ __asm__(
     "  iretq\n"
     "irq_fault:\n"
     "  call tiny_fault\n");
-extern char irq_virtio[], irq_spurious[], irq_fault[];
+extern char irq_virtio[], irq_serial[], irq_spurious[], irq_fault[];
 struct idt_entry { uint16_t off0, sel; uint8_t ist, type; uint16_t off1; uint32_t off2, zero; };
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 
@@ -104,20 +112,26 @@ static void set_gate(int v, void *handler)
 static void mmio_w32(uint64_t a, uint32_t v) { *(volatile uint32_t *)(uintptr_t)a = v; }
 static uint32_t mmio_r32(uint64_t a) { return *(volatile uint32_t *)(uintptr_t)a; }
 
+static void route_gsi(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t vector)
+{
+    uint32_t apic_id = mmio_r32(lapic + 0x20) >> 24;
+    mmio_w32(ioapic, 0x10 + 2 * gsi + 1);            /* redirection entry, high: destination */
+    mmio_w32(ioapic + 0x10, apic_id << 24);
+    mmio_w32(ioapic, 0x10 + 2 * gsi);                /* low: fixed, physical, edge, high, unmasked */
+    mmio_w32(ioapic + 0x10, vector);
+}
+
 /* Routes `gsi` (edge, active high) to vector VIRTIO_VECTOR on this CPU through the IOAPIC. */
 static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi)
 {
     for (int v = 0; v < 256; v++) set_gate(v, v < 32 ? irq_fault : irq_spurious);
     set_gate(VIRTIO_VECTOR, irq_virtio);
+    set_gate(SERIAL_VECTOR, irq_serial);
     struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idtr = {sizeof(idt) - 1, (uintptr_t)idt};
     __asm__ volatile("lidt %0" ::"m"(idtr));
     outb(0x21, 0xff); outb(0xa1, 0xff);              /* mask the 8259s */
     mmio_w32(lapic + 0xf0, 0x100 | 0xff);            /* LAPIC on, spurious vector 0xff */
-    uint32_t apic_id = mmio_r32(lapic + 0x20) >> 24;
-    mmio_w32(ioapic, 0x10 + 2 * gsi + 1);            /* redirection entry, high: destination */
-    mmio_w32(ioapic + 0x10, apic_id << 24);
-    mmio_w32(ioapic, 0x10 + 2 * gsi);                /* low: fixed, physical, edge, high, unmasked */
-    mmio_w32(ioapic + 0x10, VIRTIO_VECTOR);
+    route_gsi(lapic, ioapic, gsi, VIRTIO_VECTOR);
 }
 
 /* ---- small helpers ---- */
@@ -312,7 +326,7 @@ void tiny_main(const uint8_t *boot_params)
     memset(queues, 0, sizeof(queues));
     tx_slot = 0;
     use_irq = 0;
-    irq_count = spurious_count = 0;
+    irq_count = spurious_count = serial_irq_count = 0;
 
     uint64_t cr0, cr4, efer_lo;
     __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
@@ -429,6 +443,10 @@ void tiny_main(const uint8_t *boot_params)
             opened = 1;
         }
     }
+    /* The device raised its line for the used buffers: even if every message was already there
+       when we looked, the edge is pending in the LAPIC and is taken as soon as IF is set. */
+    puts_("tinyguest: waiting for the device interrupt\n");
+    while (irq_count == 0) __asm__ volatile("sti; hlt; cli" ::: "memory");
     uint32_t isr = rreg(0x60);
     puts_("tinyguest: interrupt status "); puthex(isr); puts_(", "); putdec(irq_count);
     puts_(" interrupts on vector 0x30, "); putdec(spurious_count); puts_(" others\n");
@@ -441,8 +459,26 @@ void tiny_main(const uint8_t *boot_params)
         if (contains(cmdline, "tinyguest.poweroff")) acpi_poweroff(fadt);
         acpi_reset(fadt);
     }
+    /* Serial input: COM1's receive interrupt (the MADT's ISA IRQ 4, identity-mapped) to
+       SERIAL_VECTOR; each input line is echoed back. */
+    route_gsi(lapic, ioapic, 4, SERIAL_VECTOR);
+    outb(COM1 + 1, 0x01);
+    puts_("tinyguest: serial input on\n");
+    char line[80];
+    uint32_t n = 0;
     for (;;) {
-        if (recv_ctrl(&c, name, sizeof(name), 1000000000ull)) {
+        while (inb(COM1 + 5) & 1) {
+            char ch = (char)inb(COM1);
+            if (ch == '\r' || ch == '\n') {
+                line[n] = 0;
+                if (n) { puts_("tinyguest: serial line '"); puts_(line); puts_("' ("); putdec(serial_irq_count); puts_(" serial interrupts)\n"); }
+                n = 0;
+            } else if (n + 1 < sizeof(line)) {
+                line[n++] = ch;
+            }
+        }
+        /* At most one sleep: returns on the next interrupt of either device. */
+        if (recv_ctrl(&c, name, sizeof(name), 1)) {
             puts_("tinyguest: <- "); puts_(ev_name(c.event)); puts_(" id="); putdec(c.id);
             puts_(" value="); putdec(c.value); puts_("\n");
         }

@@ -305,6 +305,7 @@ impl VcpuControl {
         let mut generation = 0;
         // Set after a triple fault / error: do not run until reset.
         let mut halted = false;
+        let mut hlt_seen = false;
         loop {
             {
                 let mut c = self.lock();
@@ -349,7 +350,15 @@ impl VcpuControl {
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     mmio.write(addr, data);
                 }
-                Ok(VcpuExit::Hlt) => std::thread::sleep(Duration::from_millis(1)),
+                Ok(VcpuExit::Hlt) => {
+                    // With the in-kernel LAPIC, KVM halts in the kernel; an exit here means
+                    // this KVM does not, so wait a little and let it re-check for interrupts.
+                    if !hlt_seen {
+                        hlt_seen = true;
+                        log::info!("vCPU {id}: HLT exits to userspace; polling for interrupts");
+                    }
+                    std::thread::sleep(Duration::from_millis(1))
+                }
                 Ok(VcpuExit::Shutdown) => {
                     log::info!("vCPU {id}: triple fault, resetting");
                     halted = true;
@@ -370,7 +379,16 @@ impl VcpuControl {
                     let _ = events.crash.write(1);
                 }
                 Ok(VcpuExit::InternalError) => {
-                    log::error!("vCPU {id}: KVM internal error");
+                    // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal`
+                    // member of the exit union, which is plain data.
+                    let info = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal };
+                    let n = (info.ndata as usize).min(info.data.len());
+                    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                    log::error!(
+                        "vCPU {id}: KVM internal error, suberror {} (1 = emulation failure), rip {rip:#x}, data {:x?}",
+                        info.suberror,
+                        &info.data[..n]
+                    );
                     halted = true;
                     let _ = events.crash.write(1);
                 }
