@@ -195,7 +195,9 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
                 &mut wiring,
                 state.clone(),
             )?;
-            em.add_subscriber(v.subscriber());
+            for sub in v.subscribers() {
+                em.add_subscriber(sub);
+            }
             if let Some(sub) = kvm::PortWiring::subscriber(&mut wiring) {
                 em.add_subscriber(sub);
             }

@@ -474,3 +474,53 @@ fn serial_chardev_carries_output_and_input_with_interrupts() {
         .unwrap();
     assert!(n >= 1, "{out}");
 }
+
+#[test]
+fn serial_stdio_carries_output_and_input() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "-kernel",
+            &kernel.display().to_string(),
+            "-serial",
+            "stdio",
+            "-chardev",
+            "null,id=c0",
+            "-device",
+            "virtio-serial",
+            "-device",
+            "virtserialport,chardev=c0,name=test",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut vm = Proc { child, name: "vmm" };
+    let mut stdin = vm.child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = vm.child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |needle: &str| loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no '{needle}' on stdout"));
+        if l.contains(needle) {
+            return l;
+        }
+    };
+    wait_line("tinyguest: serial input on");
+    stdin.write_all(b"typed on stdin\n").unwrap();
+    stdin.flush().unwrap();
+    wait_line("tinyguest: serial line 'typed on stdin' (");
+    vm.kill();
+}

@@ -96,6 +96,8 @@ pub struct Vm {
     ged: EventFd,
     cmdline: Cmdline,
     mmio_info: Vec<MmioDeviceInfo>,
+    /// The COM1 chardev, when `-serial stdio|file:` made it here.
+    own_serial: Option<Chardev>,
     state: Rc<VmState>,
     stopped: Cell<bool>,
 }
@@ -195,6 +197,10 @@ impl Vm {
         vm_fd
             .register_irqfd(&serial_irq, SERIAL_GSI)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        let own_serial = match cfg.serial {
+            SerialSpec::Stdio | SerialSpec::File(_) => serial_cd.clone(),
+            _ => None,
+        };
         let serial = SerialLink::new(serial_irq, serial_cd).map_err(|e| format!("serial: {e}"))?;
         let dev_err = |e: devices::bus::BusError| format!("device bus: {e}");
         pio.insert(
@@ -327,6 +333,7 @@ impl Vm {
             ged,
             cmdline,
             mmio_info,
+            own_serial,
             state,
             stopped: Cell::new(false),
         };
@@ -463,9 +470,14 @@ impl Vm {
         }
     }
 
-    /// The event-loop subscriber of this VM's fds.
-    pub fn subscriber(self: &Rc<Self>) -> Box<dyn MutEventSubscriber> {
-        Box::new(VmSubscriber(self.clone()))
+    /// The event-loop subscribers of this VM: its own fds, and the COM1 chardev when the VM
+    /// created it (`-serial stdio|file:`; a `-serial chardev:ID` is the caller's).
+    pub fn subscribers(self: &Rc<Self>) -> Vec<Box<dyn MutEventSubscriber>> {
+        let mut v: Vec<Box<dyn MutEventSubscriber>> = vec![Box::new(VmSubscriber(self.clone()))];
+        if let Some(cd) = &self.own_serial {
+            v.extend(cd.subscriber());
+        }
+        v
     }
 }
 
