@@ -17,7 +17,8 @@
  *      edge arrives (vector 0x30),
  *   5. with "tinyguest.poweroff" on its command line, powers off through the FADT's sleep
  *      control register (ACPI S5); with "tinyguest.reboot", resets through the FADT's reset
- *      register; otherwise it keeps printing control messages it receives.
+ *      register; otherwise it keeps printing control messages it receives, echoes lines typed on
+ *      COM1, and powers off when the power button's GED interrupt (ACPI0013 in the DSDT) comes.
  * Every step prints one "tinyguest: ..." line; failures print "tinyguest: FAIL ..." and stop.
  */
 #include <stdint.h>
@@ -39,7 +40,8 @@ __asm__(".globl stack_top\n.set stack_top, stack + 16384\n");
    spurious stub for the rest; both non-fatal stubs send the LAPIC EOI. ---- */
 #define VIRTIO_VECTOR 0x30
 #define SERIAL_VECTOR 0x31
-volatile uint32_t irq_count, spurious_count, serial_irq_count;
+#define GED_VECTOR 0x32
+volatile uint32_t irq_count, spurious_count, serial_irq_count, ged_irq_count;
 __asm__(
     ".text\n"
     "irq_virtio:\n"
@@ -56,6 +58,13 @@ __asm__(
     "  movl $0, (%rax)\n"
     "  pop %rax\n"
     "  iretq\n"
+    "irq_ged:\n"
+    "  push %rax\n"
+    "  lock incl ged_irq_count(%rip)\n"
+    "  mov $0xfee000b0, %rax\n"
+    "  movl $0, (%rax)\n"
+    "  pop %rax\n"
+    "  iretq\n"
     "irq_spurious:\n"
     "  push %rax\n"
     "  lock incl spurious_count(%rip)\n"
@@ -65,7 +74,7 @@ __asm__(
     "  iretq\n"
     "irq_fault:\n"
     "  call tiny_fault\n");
-extern char irq_virtio[], irq_serial[], irq_spurious[], irq_fault[];
+extern char irq_virtio[], irq_serial[], irq_ged[], irq_spurious[], irq_fault[];
 struct idt_entry { uint16_t off0, sel; uint8_t ist, type; uint16_t off1; uint32_t off2, zero; };
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 
@@ -127,6 +136,7 @@ static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi)
     for (int v = 0; v < 256; v++) set_gate(v, v < 32 ? irq_fault : irq_spurious);
     set_gate(VIRTIO_VECTOR, irq_virtio);
     set_gate(SERIAL_VECTOR, irq_serial);
+    set_gate(GED_VECTOR, irq_ged);
     struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idtr = {sizeof(idt) - 1, (uintptr_t)idt};
     __asm__ volatile("lidt %0" ::"m"(idtr));
     outb(0x21, 0xff); outb(0xa1, 0xff);              /* mask the 8259s */
@@ -195,6 +205,20 @@ static int find_virtio_mmio(const uint8_t *dsdt, struct mmio_dev *d)
             }
         }
         if (got_mem && got_irq) return 1;
+    }
+    return 0;
+}
+
+/* Finds the Generic Event Device (ACPI0013, the power button's event source) and its GSI. */
+static int find_ged(const uint8_t *dsdt, uint32_t *gsi)
+{
+    uint32_t len = rd32(dsdt + 4);
+    for (uint32_t i = 36; i + 8 <= len; i++) {
+        if (!memeq(dsdt + i, "ACPI0013", 8)) continue;
+        for (uint32_t j = i + 8; j + 9 <= len && j < i + 64; j++) {
+            const uint8_t *r = dsdt + j;
+            if (r[0] == 0x89 && rd16(r + 1) >= 6 && r[4] >= 1) { *gsi = rd32(r + 5); return 1; }
+        }
     }
     return 0;
 }
@@ -326,7 +350,7 @@ void tiny_main(const uint8_t *boot_params)
     memset(queues, 0, sizeof(queues));
     tx_slot = 0;
     use_irq = 0;
-    irq_count = spurious_count = serial_irq_count = 0;
+    irq_count = spurious_count = serial_irq_count = ged_irq_count = 0;
 
     uint64_t cr0, cr4, efer_lo;
     __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
@@ -459,6 +483,12 @@ void tiny_main(const uint8_t *boot_params)
         if (contains(cmdline, "tinyguest.poweroff")) acpi_poweroff(fadt);
         acpi_reset(fadt);
     }
+    /* The power button: the GED's interrupt; the guest answers it by powering off (S5), as
+       Linux + acpid do. */
+    uint32_t ged_gsi;
+    if (!find_ged(dsdt, &ged_gsi)) fail("no ACPI0013 (GED) with an interrupt in the DSDT");
+    route_gsi(lapic, ioapic, ged_gsi, GED_VECTOR);
+    puts_("tinyguest: power button: GED (ACPI0013) gsi "); putdec(ged_gsi); puts_("\n");
     /* Serial input: COM1's receive interrupt (the MADT's ISA IRQ 4, identity-mapped) to
        SERIAL_VECTOR; each input line is echoed back. */
     route_gsi(lapic, ioapic, 4, SERIAL_VECTOR);
@@ -467,6 +497,10 @@ void tiny_main(const uint8_t *boot_params)
     char line[80];
     uint32_t n = 0;
     for (;;) {
+        if (ged_irq_count) {
+            puts_("tinyguest: power button pressed\n");
+            acpi_poweroff(fadt);
+        }
         while (inb(COM1 + 5) & 1) {
             char ch = (char)inb(COM1);
             if (ch == '\r' || ch == '\n') {

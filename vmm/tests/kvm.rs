@@ -524,3 +524,27 @@ fn serial_stdio_carries_output_and_input() {
     wait_line("tinyguest: serial line 'typed on stdin' (");
     vm.kill();
 }
+
+#[test]
+fn system_powerdown_presses_the_acpi_power_button() {
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = start_vm(dir.path(), &kernel, "console=ttyS0", &[]);
+    let mut c = vm.client();
+    // The guest routes the GED's interrupt (found in the DSDT) before it takes serial input.
+    vm.wait_serial("tinyguest: serial input on", 1, Duration::from_secs(30));
+    assert!(vm
+        .serial_text()
+        .contains("tinyguest: power button: GED (ACPI0013) gsi 10"));
+    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
+    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
+    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        ev["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(vm.serial_text().contains("tinyguest: power button pressed"));
+}
