@@ -95,6 +95,8 @@ pub struct QmpProxy {
     next_wire_id: u64,
     guest_commands: Vec<(String, bool)>,
     timer: TimerFd,
+    /// Parse errors in the agent's output since the channel opened (for rate-limited logging).
+    bad_data: u64,
 }
 
 impl QmpProxy {
@@ -115,6 +117,7 @@ impl QmpProxy {
             next_wire_id: 1,
             guest_commands: Vec::new(),
             timer: TimerFd::new()?,
+            bad_data: 0,
         })
     }
 
@@ -152,6 +155,7 @@ impl QmpProxy {
     pub fn on_open(&mut self) {
         log::info!("qmp_proxy {}: agent channel open", self.id);
         self.connected = true;
+        self.bad_data = 0;
         self.needs_sync = true;
         self.state = State::Idle;
         self.reset_rx();
@@ -234,9 +238,15 @@ impl QmpProxy {
             }
             let end = delim.unwrap_or(data.len());
             let mut msgs = Vec::new();
+            // While syncing, only a reply right after a 0xFF matters: after bad data, skip to
+            // the next delimiter instead of parsing the rest (a guest flooding the port with
+            // garbage then costs a byte scan, not a parse).
+            let syncing = matches!(self.state, State::Syncing { .. });
+            let mut skip_rest = false;
             self.parser.feed(&data[..end], |p| {
+                skip_rest = syncing && matches!(p, Parsed::Error(_));
                 msgs.push(p);
-                true
+                !skip_rest
             });
             for m in msgs {
                 if self.rx == Rx::SkipToDelimiter {
@@ -245,13 +255,25 @@ impl QmpProxy {
                 match m {
                     Parsed::Value(v) => self.on_message(v),
                     Parsed::Error(e) => {
-                        log::warn!("qmp_proxy {}: bad data from agent: {}", self.id, e.desc());
+                        // A hostile guest can send millions of these: log 1, 2, 4, 8, ...
+                        self.bad_data += 1;
+                        if self.bad_data.is_power_of_two() {
+                            log::warn!(
+                                "qmp_proxy {}: bad data from agent ({} so far): {}",
+                                self.id,
+                                self.bad_data,
+                                e.desc()
+                            );
+                        }
                         if e.is_limit() {
                             // Whatever was in flight is lost in there; resync.
                             self.needs_sync = true;
                         }
                     }
                 }
+            }
+            if skip_rest {
+                self.rx = Rx::SkipToDelimiter;
             }
             if let Some(p) = delim {
                 // 0xFF: a delimiter from the agent (sync-delimited reply follows); reset the parser.

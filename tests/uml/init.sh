@@ -5,9 +5,11 @@
 # Kernel command-line variables (UML passes unknown NAME=VALUE words to init's environment):
 #   VA_AGENT   qemu-ga | PATH of a virtagent binary        (default qemu-ga)
 #   VA_PORT    virtio-serial port name for the agent       (default org.qemu.guest_agent.0)
+#   VA_OUT     a host directory mounted read-write at /tmp/out (hostfs), to bring files back
 #
-# The agent is supervised: when it exits it is started again, unless /tmp/hold exists (then
-# the loop waits until it is gone) or /tmp/stop exists (then the guest powers off).
+# The agent is supervised: when it exits it is started again (the one named in /tmp/agent.next
+# if that file exists), unless /tmp/hold exists (then the loop waits until it is gone) or
+# /tmp/stop exists (then the guest powers off).
 # /sbin/shutdown (systemctl on the host) is replaced by a script that syncs and powers off,
 # so guest-shutdown ends the UML process.
 bb=/bin/busybox
@@ -47,8 +49,11 @@ while [ $i -lt 100 ]; do
         n=$($bb cat "$p/name")
         [ -n "$n" ] && $bb ln -sf "../${p##*/}" "/dev/virtio-ports/$n"
     done
-    [ -e "/dev/virtio-ports/$PORT" ] && break
-    $bb sleep 0.05
+    # Ports are announced one by one: wait until the agent's is there and no more come.
+    n=$($bb ls /sys/class/virtio-ports | $bb wc -l)
+    [ -e "/dev/virtio-ports/$PORT" ] && [ "$n" = "$last" ] && break
+    last=$n
+    $bb sleep 0.1
     i=$((i + 1))
 done
 
@@ -58,10 +63,17 @@ if [ -b /dev/ubda ]; then
     $bb mount -t ext4 /dev/ubda /tmp/disk
 fi
 
+if [ -n "$VA_OUT" ]; then
+    $bb mkdir -p /tmp/out
+    $bb mount -t hostfs none /tmp/out -o "$VA_OUT"
+fi
+
 echo "uml-init: ports: $($bb ls /dev/virtio-ports)"
 while :; do
     while [ -e /tmp/hold ]; do $bb sleep 0.05; done
     [ -e /tmp/stop ] && break
+    # /tmp/agent.next switches the agent for the next start (benchmarks compare agents).
+    [ -s /tmp/agent.next ] && AGENT=$($bb cat /tmp/agent.next)
     case "$AGENT" in
     qemu-ga)
         /usr/sbin/qemu-ga -m virtio-serial -p "/dev/virtio-ports/$PORT" -f /tmp/agent.pid.qga -t /tmp &

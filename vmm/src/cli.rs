@@ -363,9 +363,6 @@ fn validate(cfg: &Config) -> Result<(), OptsError> {
             .devices
             .iter()
             .any(|d| matches!(d, DeviceSpec::Port { chardev, .. } if *chardev == c.id));
-        if cfg.machine == MachineKind::VhostUser && on_port {
-            continue;
-        }
         if on_port && matches!(c.backend, chardev::Backend::QmpProxy { path: Some(_), .. }) {
             return Err(err(format!(
                 "-chardev qmp_proxy,id={}: a port's agent is in the guest; drop path=",
@@ -382,6 +379,9 @@ fn validate(cfg: &Config) -> Result<(), OptsError> {
                 "-device: chardev '{}' is used by {users} ports",
                 c.id
             )));
+        }
+        if cfg.machine == MachineKind::VhostUser && on_port {
+            continue;
         }
         if let chardev::Backend::QmpProxy { path: None, .. } = c.backend {
             if cfg.machine == MachineKind::Kvm {
@@ -436,6 +436,43 @@ mod tests {
             p("--machine=none --name=x").unwrap(),
             Action::Run(_)
         ));
+    }
+
+    #[test]
+    fn vhost_user_machine() {
+        let a = p("-machine vhost-user,socket=/tmp/s.sock -chardev qmp_proxy,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0,id=port0").unwrap();
+        let Action::Run(c) = a else { panic!() };
+        assert_eq!(c.machine, MachineKind::VhostUser);
+        assert_eq!(
+            c.vhost_user_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/s.sock"))
+        );
+        assert!(p("-machine vhost-user").unwrap_err().0.contains("socket="));
+        assert!(p("-machine none,socket=/x")
+            .unwrap_err()
+            .0
+            .contains("socket"));
+        assert!(p(
+            "-machine vhost-user,socket=/s -chardev null,id=a -device virtserialport,chardev=a"
+        )
+        .unwrap_err()
+        .0
+        .contains("virtio-serial"));
+        // A qmp_proxy not on a port still needs path=; one on a port must not have it.
+        assert!(
+            p("-machine vhost-user,socket=/s -device virtio-serial -chardev qmp_proxy,id=q")
+                .unwrap_err()
+                .0
+                .contains("path=")
+        );
+        assert!(p("-machine vhost-user,socket=/s -device virtio-serial -chardev qmp_proxy,id=q,path=/a -device virtserialport,chardev=q")
+            .unwrap_err()
+            .0
+            .contains("drop path="));
+        assert!(p("-machine vhost-user,socket=/s -device virtio-serial -chardev null,id=a -device virtserialport,chardev=a -device virtconsole,chardev=a")
+            .unwrap_err()
+            .0
+            .contains("2 ports"));
     }
 
     #[test]

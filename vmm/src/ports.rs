@@ -486,3 +486,45 @@ pub fn plan(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::DeviceSpec;
+
+    fn port(console: bool, chardev: &str) -> DeviceSpec {
+        DeviceSpec::Port {
+            console,
+            chardev: chardev.into(),
+            name: None,
+            id: None,
+        }
+    }
+
+    #[test]
+    fn ports_are_numbered_as_qemu_does() {
+        let d = [
+            DeviceSpec::VirtioSerial {
+                id: None,
+                max_ports: 3,
+            },
+            port(false, "a"),
+            port(true, "b"),
+        ];
+        let p = plan(&d, 3).unwrap();
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.port, p.chardev.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "a"), (0, "b")]
+        );
+        // A second console is an ordinary numbered port; too many ports is an error.
+        let p = plan(&[port(true, "a"), port(true, "b")], 3).unwrap();
+        assert_eq!(p[1].port, 1);
+        assert!(
+            plan(&[port(false, "a"), port(false, "b"), port(false, "c")], 3)
+                .unwrap_err()
+                .contains("max_ports=3")
+        );
+    }
+}

@@ -102,6 +102,8 @@ struct Session {
     broken: bool,
     /// `SET_BACKEND_REQ_FD`: held open (a frontend may drop the device when it closes).
     backend_req: Option<File>,
+    /// Queues that just started: buffers posted before they did are looked at once.
+    started: Vec<u16>,
 }
 
 impl Session {
@@ -126,11 +128,15 @@ impl Session {
         let Some(r) = self.rings.get(i) else { return };
         let want = r.addr_set && r.kick.is_some() && r.enabled;
         let q = &mut self.queues[i];
+        let was_ready = q.ready();
         // `is_valid` looks at ready queues only.
         q.set_ready(want);
         let ok = want && self.mem.as_ref().is_some_and(|m| q.is_valid(m));
         if want && !ok {
             log::warn!("vhost-user: queue {i}: rings outside guest memory; not started");
+        }
+        if ok && !was_ready {
+            self.started.push(i as u16);
         }
         q.set_ready(ok);
     }
@@ -145,6 +151,9 @@ pub struct VhostUserBackend {
     work: EventFd,
     /// fds currently registered with the event manager.
     registered: Vec<RawFd>,
+    /// Files replaced or dropped while registered: kept open until they are deregistered, so
+    /// their numbers cannot be reused by a new fd meanwhile (event-manager keys on numbers).
+    retired: Vec<File>,
 }
 
 /// Shared handle: the event-manager subscriber and the [`PortDevice`] for the port hub.
@@ -172,6 +181,7 @@ impl VhostUserBackend {
             console,
             work: EventFd::new(EFD_NONBLOCK)?,
             registered: Vec::new(),
+            retired: Vec::new(),
         })
     }
 
@@ -268,13 +278,18 @@ impl VhostUserBackend {
             rings: sizes.iter().map(|_| Ring::default()).collect(),
             broken: false,
             backend_req: None,
+            started: Vec::new(),
         });
     }
 
     /// The frontend went away: the device is reset (every port guest-closed).
     fn disconnect(&mut self) {
-        if self.session.take().is_some() {
+        if let Some(s) = self.session.take() {
             log::info!("vhost-user: frontend disconnected; device reset");
+            self.retired
+                .push(File::from(std::os::fd::OwnedFd::from(s.sock)));
+            self.retired
+                .extend(s.rings.into_iter().filter_map(|r| r.kick));
             self.console.reset();
         }
     }
@@ -356,7 +371,7 @@ impl VhostUserBackend {
                 self.console.reset();
                 for (i, q) in s.queues.iter_mut().enumerate() {
                     q.reset();
-                    s.rings[i] = Ring::default();
+                    self.retired.extend(std::mem::take(&mut s.rings[i]).kick);
                 }
                 s.activated = false;
                 s.broken = false;
@@ -421,7 +436,7 @@ impl VhostUserBackend {
                 Some(v) if (v.index as usize) < s.queues.len() => {
                     let i = v.index as usize;
                     // The ring stops.
-                    s.rings[i].kick = None;
+                    self.retired.extend(s.rings[i].kick.take());
                     s.rings[i].addr_set = false;
                     s.queues[i].set_ready(false);
                     let st = VhostUserVringState::new(v.index, u32::from(s.queues[i].next_avail()));
@@ -446,7 +461,8 @@ impl VhostUserBackend {
                     } else {
                         match req {
                             Some(FrontendReq::SET_VRING_KICK) => {
-                                s.rings[i].kick = file;
+                                let old = std::mem::replace(&mut s.rings[i].kick, file);
+                                self.retired.extend(old);
                                 if !s.protocol_features_acked() {
                                     s.rings[i].enabled = true;
                                 }
@@ -532,6 +548,8 @@ impl VhostUserBackend {
                 let _ = ops.remove(Events::empty_raw(fd));
             }
         }
+        // Deregistered above: now they may close.
+        self.retired.clear();
         for fd in want {
             if !self.registered.contains(&fd) {
                 match ops.add(Events::new_raw(fd, EventSet::IN)) {
@@ -562,7 +580,15 @@ impl VhostUserBackend {
             }
             match self.handle_message() {
                 Ok(()) => {
-                    // Host-side state may have changed (rings started): let the device run.
+                    let started = self
+                        .session
+                        .as_mut()
+                        .map(|s| std::mem::take(&mut s.started))
+                        .unwrap_or_default();
+                    for i in started {
+                        self.queue_notify(i);
+                    }
+                    // Host-side state may have changed: let the device run.
                     self.process();
                 }
                 Err(e) => {
