@@ -72,6 +72,20 @@ impl Args {
         self.opt_int(name)?.ok_or_else(|| self.missing(name))
     }
 
+    /// Required unsigned 64-bit integer (negative values wrap, as QEMU
+    /// accepts them for compatibility).
+    pub fn uint(&mut self, name: &str) -> QgaResult<u64> {
+        match self.take(name) {
+            None => Err(self.missing(name)),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_i64().map(|i| i as u64))
+                .ok_or_else(|| {
+                    QgaError::generic(format!("Parameter '{}' expects uint64", self.full(name)))
+                }),
+        }
+    }
+
     /// Optional string.
     pub fn opt_str(&mut self, name: &str) -> QgaResult<Option<String>> {
         match self.take(name) {

@@ -108,7 +108,7 @@ impl Agent {
             let allowed = config
                 .allowed
                 .as_ref()
-                .map_or(true, |a| a.iter().any(|n| n == c.name));
+                .is_none_or(|a| a.iter().any(|n| n == c.name));
             if !allowed
                 || config.blocked.iter().any(|n| n == c.name)
                 || commands::DISABLED_ON_LINUX.contains(&c.name)
@@ -285,8 +285,8 @@ mod tests {
     use super::*;
 
     fn agent() -> Agent {
-        let dir = std::env::temp_dir().join(format!("virtagent-unit-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
+        // These tests open no files: the state directory is never written.
+        let dir = std::env::temp_dir().join("virtagent-unit-no-state");
         Agent::new(AgentConfig {
             statedir: dir,
             blocked: vec!["guest-get-time".into()],
@@ -327,8 +327,7 @@ mod tests {
 
     #[test]
     fn allow_list_then_block_list() {
-        let dir = std::env::temp_dir().join(format!("virtagent-unit-allow-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
+        let dir = std::env::temp_dir().join("virtagent-unit-no-state");
         let mut a = Agent::new(AgentConfig {
             statedir: dir,
             allowed: Some(vec![

@@ -144,6 +144,13 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    // Minimal guests may lack /var/run: create the state directory.
+    if let Err(e) = std::fs::create_dir_all(&cfg.statedir) {
+        log::warn!(
+            "cannot create state directory {}: {e}",
+            cfg.statedir.display()
+        );
+    }
     let sigset = block_signals();
     let mut agent = Agent::new(AgentConfig {
         statedir: cfg.statedir.clone(),

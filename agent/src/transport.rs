@@ -12,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::dispatch::Agent;
@@ -103,7 +104,37 @@ fn serve_unix(agent: &mut Agent, path: &str) -> std::io::Result<()> {
     }
 }
 
-fn open_device(path: &str, raw_tty: bool) -> std::io::Result<File> {
+/// Finds the device node of the virtio-serial port called `name` through
+/// sysfs (`<sysfs>/class/virtio-ports/vportNpM/name`), for guests without
+/// udev, where `/dev/virtio-ports/<name>` symlinks do not exist.
+pub fn find_virtio_port(sysfs: &Path, name: &str) -> Option<PathBuf> {
+    let dir = sysfs.join("class/virtio-ports");
+    let mut ports: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .collect();
+    ports.sort_by_key(|e| e.file_name());
+    ports.into_iter().find_map(|e| {
+        let n = std::fs::read_to_string(e.path().join("name")).ok()?;
+        (n.trim() == name).then(|| Path::new("/dev").join(e.file_name()))
+    })
+}
+
+/// The path to open: `path` itself, or for a missing
+/// `/dev/virtio-ports/<name>` the port's `/dev/vportNpM` node.
+fn resolve_device(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if !p.exists() {
+        if let Some(name) = path.strip_prefix("/dev/virtio-ports/") {
+            if let Some(found) = find_virtio_port(Path::new("/sys"), name) {
+                return found;
+            }
+        }
+    }
+    p.to_path_buf()
+}
+
+fn open_device(path: &Path, raw_tty: bool) -> std::io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -125,7 +156,7 @@ fn open_device(path: &str, raw_tty: bool) -> std::io::Result<File> {
 }
 
 /// True when `path` no longer refers to the device `f` has open.
-fn path_changed(path: &str, f: &File) -> bool {
+fn path_changed(path: &Path, f: &File) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(path), f.metadata()) {
         (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() != b.ino() || a.rdev() != b.rdev(),
@@ -138,9 +169,10 @@ fn serve_device(agent: &mut Agent, path: &str, raw_tty: bool) -> std::io::Result
     let mut out = Vec::with_capacity(READ_BUF);
     let mut warned = false;
     loop {
-        let mut dev = match open_device(path, raw_tty) {
+        let real = resolve_device(path);
+        let mut dev = match open_device(&real, raw_tty) {
             Ok(f) => {
-                log::info!("opened {path}");
+                log::info!("opened {}", real.display());
                 warned = false;
                 f
             }
@@ -160,7 +192,7 @@ fn serve_device(agent: &mut Agent, path: &str, raw_tty: bool) -> std::io::Result
                     std::thread::sleep(RETRY_INTERVAL);
                     // A hung-up tty or a replaced device node also reads as
                     // EOF: reopen when the path no longer names our device.
-                    if path_changed(path, &dev) {
+                    if path_changed(&real, &dev) {
                         log::info!("{path} went away; reopening");
                         break;
                     }
@@ -194,5 +226,29 @@ fn serve_device(agent: &mut Agent, path: &str, raw_tty: bool) -> std::io::Result
         }
         drop(dev);
         std::thread::sleep(RETRY_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_virtio_port_by_name() {
+        let root = std::env::temp_dir().join(format!("virtagent-sysfs-{}", std::process::id()));
+        for (port, name) in [
+            ("vport0p1", "org.example.other"),
+            ("vport1p2", "org.qemu.guest_agent.0"),
+        ] {
+            let d = root.join("class/virtio-ports").join(port);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(
+            find_virtio_port(&root, "org.qemu.guest_agent.0"),
+            Some(PathBuf::from("/dev/vport1p2"))
+        );
+        assert_eq!(find_virtio_port(&root, "nope"), None);
+        let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -283,3 +283,56 @@ fn hung_freeze_hook_times_out_and_leaves_nothing_frozen() {
         &json!("thawed")
     );
 }
+
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+
+#[test]
+fn write_to_a_frozen_filesystem_times_out_and_agent_keeps_serving() {
+    let _g = serial();
+    let Some(fs) = loopfs_or_skip("frozen-write") else {
+        return;
+    };
+    let agent = AgentProc::start(Kind::Virtagent, "frozen-write-agent", &["-T", "1"]);
+    let mut c = agent.connect();
+    let path = fs.mnt.join("data");
+    let h = ret(&c.cmd(
+        "guest-file-open",
+        json!({"path": path.to_str().unwrap(), "mode": "w"}),
+    ))
+    .clone();
+    // Frozen behind the agent's back (another tool, or a host-side freeze).
+    let f = File::open(&fs.mnt).unwrap();
+    let mut arg: libc::c_int = 0;
+    // SAFETY: FIFREEZE takes an int pointer; f is open on the mount point.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), FIFREEZE as _, &mut arg) };
+    assert_eq!(rc, 0, "FIFREEZE");
+    // The write blocks uninterruptibly in the kernel: the agent gives up.
+    let t0 = Instant::now();
+    let r = c.cmd(
+        "guest-file-write",
+        json!({"handle": h, "buf-b64": "aGVsbG8="}),
+    );
+    assert_eq!(class(&r), "GenericError", "{r}");
+    assert!(
+        r["error"]["desc"].as_str().unwrap().contains("timed out"),
+        "{r}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // ... and keeps answering, also commands that use the worker.
+    assert_eq!(ret(&c.cmd("guest-ping", Value::Null)), &json!({}));
+    assert!(ret(&c.cmd("guest-get-host-name", Value::Null))["host-name"].is_string());
+    // Thaw: the abandoned write completes in the background.
+    assert!(fs.force_thaw());
+    let t0 = Instant::now();
+    while std::fs::read(&path).unwrap_or_default() != b"hello" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "abandoned write never completed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        ret(&c.cmd("guest-file-close", json!({"handle": h}))),
+        &json!({})
+    );
+}

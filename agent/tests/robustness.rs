@@ -316,7 +316,7 @@ fn hostile_bytes_never_kill_the_agent() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 blob.extend_from_slice(frags[(x >> 8) as usize % frags.len()]);
             } else {
                 blob.push((x >> 16) as u8);

@@ -103,7 +103,7 @@ fn guest_to_host(size: u32, secs: f64) -> Rate {
         in_device += t.elapsed();
         while g.vqs.get_mut(&q).unwrap().get_used(&g.mem).is_some() {}
         iters += 1;
-        if iters % 16 == 0 && start.elapsed().as_secs_f64() > secs {
+        if iters.is_multiple_of(16) && start.elapsed().as_secs_f64() > secs {
             break;
         }
     }
@@ -148,7 +148,7 @@ fn host_to_guest(size: u32, rx_buf: u32, rx_count: usize, secs: f64) -> Rate {
             in_device += t.elapsed();
         }
         iters += 1;
-        if iters % 16 == 0 && start.elapsed().as_secs_f64() > secs {
+        if iters.is_multiple_of(16) && start.elapsed().as_secs_f64() > secs {
             break;
         }
     }

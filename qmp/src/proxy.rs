@@ -555,3 +555,223 @@ impl event_manager::MutEventSubscriber for ProxyTimer {
         self.0.borrow_mut().on_timer();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The proxy's state machine driven byte by byte, as an agent would answer.
+    use super::*;
+    use crate::hub::Outgoing;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    struct Recorder(Rc<RefCell<Vec<u8>>>);
+
+    impl AgentChannel for Recorder {
+        fn send(&mut self, data: &[u8]) -> io::Result<()> {
+            self.0.borrow_mut().extend_from_slice(data);
+            Ok(())
+        }
+    }
+
+    struct Rig {
+        proxy: QmpProxy,
+        sent: Rc<RefCell<Vec<u8>>>,
+        monitor: MonitorHandle,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let monitor = MonitorHandle::new().unwrap();
+            let mut proxy =
+                QmpProxy::new("qga0", Duration::from_secs(30), monitor.clone()).unwrap();
+            let sent = Rc::new(RefCell::new(Vec::new()));
+            proxy.set_channel(Box::new(Recorder(sent.clone())));
+            Rig {
+                proxy,
+                sent,
+                monitor,
+            }
+        }
+
+        /// The messages sent to the agent since the last call (0xFF bytes shown as "FF").
+        fn take_sent(&self) -> Vec<Value> {
+            let bytes = std::mem::take(&mut *self.sent.borrow_mut());
+            let mut out = Vec::new();
+            let mut p = JsonStreamer::default();
+            for part in bytes.split(|&b| b == 0xFF) {
+                p.feed(part, |m| {
+                    if let Parsed::Value(v) = m {
+                        out.push(v);
+                    }
+                    true
+                });
+            }
+            out
+        }
+
+        fn outgoing(&self) -> Vec<Value> {
+            self.monitor
+                .drain()
+                .into_iter()
+                .map(|m| match m {
+                    Outgoing::Reply { session, msg } => json!({"to": session.0, "msg": msg}),
+                    Outgoing::Event(e) => json!({"event": e["event"], "data": e["data"]}),
+                })
+                .collect()
+        }
+
+        /// Opens the channel and answers the sync and the internal guest-info.
+        fn up(&mut self) {
+            self.proxy.on_open();
+            let sync = self.take_sent();
+            let id = sync[0]["arguments"]["id"].clone();
+            // qemu-ga answers the 0xFF with a parse error first.
+            self.proxy
+                .on_bytes(br#"{"error":{"class":"GenericError","desc":"JSON parse error"}}"#);
+            self.proxy.on_bytes(b"\n");
+            let mut reply = vec![0xFF];
+            reply.extend_from_slice(format!("{{\"return\": {id}}}\n").as_bytes());
+            self.proxy.on_bytes(&reply);
+            let info = self.take_sent();
+            assert_eq!(info[0]["execute"], "guest-info");
+            let wid = info[0]["id"].clone();
+            self.proxy.on_bytes(
+                format!(r#"{{"return":{{"version":"x","supported_commands":[{{"name":"guest-ping","enabled":true}}]}},"id":{wid}}}"#)
+                    .as_bytes(),
+            );
+            let ev = self.outgoing();
+            assert_eq!(
+                ev,
+                vec![json!({"event":"GUEST_AGENT_UP","data":{"id":"qga0"}})]
+            );
+        }
+    }
+
+    #[test]
+    fn sync_up_then_reply_with_client_id() {
+        let mut r = Rig::new();
+        r.up();
+        assert_eq!(
+            r.proxy.guest_commands(),
+            &[("guest-ping".to_string(), true)]
+        );
+        r.proxy
+            .submit(
+                SessionId(7),
+                "guest-ping",
+                Map::new(),
+                Some(json!({"mine": 1})),
+            )
+            .unwrap();
+        let sent = r.take_sent();
+        assert_eq!(sent[0]["execute"], "guest-ping");
+        let wid = sent[0]["id"].clone();
+        // A stale reply with another id is dropped; ours is delivered with the client's id.
+        r.proxy.on_bytes(br#"{"return":{},"id":999999}"#);
+        assert!(r.outgoing().is_empty());
+        r.proxy
+            .on_bytes(format!(r#"{{"return":{{}},"id":{wid}}}"#).as_bytes());
+        assert_eq!(
+            r.outgoing(),
+            vec![json!({"to":7,"msg":{"return":{},"id":{"mine":1}}})]
+        );
+    }
+
+    #[test]
+    fn no_reply_command_succeeds_on_sync_and_reports_errors() {
+        let mut r = Rig::new();
+        r.up();
+        r.proxy
+            .submit(SessionId(1), "guest-shutdown", Map::new(), Some(json!(1)))
+            .unwrap();
+        let sent = r.take_sent();
+        assert_eq!(sent[0]["execute"], "guest-shutdown");
+        assert_eq!(sent[1]["execute"], "guest-sync-delimited");
+        let sid = sent[1]["arguments"]["id"].clone();
+        let mut reply = vec![0xFF];
+        reply.extend_from_slice(format!("{{\"return\": {sid}}}").as_bytes());
+        r.proxy.on_bytes(&reply);
+        assert_eq!(
+            r.outgoing(),
+            vec![json!({"to":1,"msg":{"return":{},"id":1}})]
+        );
+
+        // An error before the sync reply is the command's answer.
+        r.proxy
+            .submit(SessionId(2), "guest-suspend-ram", Map::new(), None)
+            .unwrap();
+        let sent = r.take_sent();
+        let sid = sent[1]["arguments"]["id"].clone();
+        r.proxy
+            .on_bytes(br#"{"error":{"class":"GenericError","desc":"suspend not supported"}}"#);
+        let mut reply = vec![0xFF];
+        reply.extend_from_slice(format!("{{\"return\": {sid}}}").as_bytes());
+        r.proxy.on_bytes(&reply);
+        assert_eq!(
+            r.outgoing(),
+            vec![
+                json!({"to":2,"msg":{"error":{"class":"GenericError","desc":"suspend not supported"}}})
+            ]
+        );
+
+        // The guest going away after a shutdown request means it was obeyed.
+        r.proxy
+            .submit(SessionId(3), "guest-shutdown", Map::new(), None)
+            .unwrap();
+        r.proxy.on_close();
+        let out = r.outgoing();
+        assert_eq!(out[0], json!({"to":3,"msg":{"return":{}}}));
+        assert_eq!(
+            out[1],
+            json!({"event":"GUEST_AGENT_DOWN","data":{"id":"qga0"}})
+        );
+    }
+
+    #[test]
+    fn garbage_from_the_agent_is_bounded_and_survivable() {
+        let mut r = Rig::new();
+        r.up();
+        r.proxy
+            .submit(SessionId(1), "guest-ping", Map::new(), None)
+            .unwrap();
+        let wid = r.take_sent()[0]["id"].clone();
+        // Garbage without newlines, invalid UTF-8 and half objects, several MiB of it.
+        let mut junk = Vec::new();
+        for i in 0..50_000u32 {
+            junk.extend_from_slice(b"{\"a\":[\"\xc3\x28");
+            junk.extend_from_slice(&i.to_le_bytes());
+        }
+        for chunk in junk.chunks(4096) {
+            r.proxy.on_bytes(chunk);
+        }
+        assert!(r.proxy.parser.pending_len() <= MAX_REPLY);
+        // A 0xFF resets the parser; the real reply then gets through.
+        r.proxy.on_bytes(b"\xff");
+        r.proxy
+            .on_bytes(format!(r#"{{"return":{{}},"id":{wid}}}"#).as_bytes());
+        assert_eq!(r.outgoing(), vec![json!({"to":1,"msg":{"return":{}}})]);
+    }
+
+    #[test]
+    fn requests_fail_at_once_without_an_agent() {
+        let mut r = Rig::new();
+        let e = r
+            .proxy
+            .submit(SessionId(1), "guest-ping", Map::new(), None)
+            .unwrap_err();
+        assert_eq!(e.desc, "Guest agent is not connected");
+        r.up();
+        r.proxy
+            .submit(SessionId(1), "guest-ping", Map::new(), None)
+            .unwrap();
+        r.proxy
+            .submit(SessionId(2), "guest-info", Map::new(), Some(json!("q")))
+            .unwrap();
+        r.proxy.on_close();
+        let out = r.outgoing();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0]["msg"]["error"]["desc"], "Guest agent disconnected");
+        assert_eq!(out[1]["msg"]["id"], "q");
+        assert_eq!(out[2]["event"], "GUEST_AGENT_DOWN");
+    }
+}

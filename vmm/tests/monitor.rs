@@ -435,3 +435,55 @@ fn vmctl_runs_commands_readably() {
     assert!(!ok);
     assert!(out.starts_with("error: CommandNotFound"), "{out}");
 }
+
+#[test]
+fn tcp_monitor_client_mode_and_pty() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pick a free port by binding to port 0 first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Client mode: the VMM connects to a listener of ours and greets it.
+    let client_sock = dir.path().join("mgmt.sock");
+    let mgmt = std::os::unix::net::UnixListener::bind(&client_sock).unwrap();
+    let tcp = format!("tcp:127.0.0.1:{port},server=on,wait=off");
+    let client = format!("unix:{},server=off", client_sock.display());
+    let vmm = Vmm::start(
+        dir.path(),
+        &[
+            "-name",
+            "n1",
+            "-qmp",
+            &tcp,
+            "-qmp",
+            &client,
+            "-chardev",
+            "pty,id=term",
+        ],
+    );
+    let mut t = QmpClient::connect(&qmp::SocketAddr::Tcp(format!("127.0.0.1:{port}"))).unwrap();
+    let list = t.execute("query-chardev", Value::Null).unwrap().unwrap();
+    let pty = list[0]["filename"].as_str().unwrap().to_string();
+    assert!(pty.starts_with("pty:/dev/pts/"), "{pty}");
+    assert!(std::path::Path::new(&pty[4..]).exists());
+    let (mut s, _) = mgmt.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("{\"QMP\""));
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-name\"}")
+        .unwrap();
+    let mut got = String::new();
+    while !got.contains("\"name\"") && !got.contains("error") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        got.contains("{\"return\":{}}") && got.contains("\"n1\""),
+        "{got}"
+    );
+    drop(vmm);
+}

@@ -39,3 +39,41 @@ fn qemu_qmp_client_works_unmodified() {
     // The client ended with `quit`.
     assert!(vmm.proc.wait(Duration::from_secs(5)).success());
 }
+
+#[test]
+fn qmp_shell_works_unmodified() {
+    let py = venv_python();
+    let shell = py.parent().unwrap().join("qmp-shell");
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = Vmm::start(dir.path(), &["-name", "shelltest"]);
+    let mut child = Command::new(shell)
+        .arg(&vmm.qmp)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"query-status\nquery-name\nringbuf-read device=x size=1\nnope\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Connected to QEMU 7.2.0"), "{text}");
+    assert!(
+        text.contains(r#"{"return": {"status": "running", "running": true, "singlestep": false}}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"{"return": {"name": "shelltest"}}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""desc": "Chardev 'x' not found""#),
+        "{text}"
+    );
+    assert!(text.contains(r#""class": "CommandNotFound""#), "{text}");
+}

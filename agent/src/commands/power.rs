@@ -123,18 +123,34 @@ fn suspend(kind: Suspend, a: Args) -> QgaResult<Value> {
     let state = std::fs::read_to_string("/sys/power/state").unwrap_or_default();
     let disk = std::fs::read_to_string("/sys/power/disk").unwrap_or_default();
     let plan = suspend_plan(kind, &state, &disk)?;
-    // The write to /sys/power/state returns only after resume: do it off
-    // the worker so the agent keeps its timeout semantics.
+    // The write to /sys/power/state returns only after resume (or fails at
+    // once, e.g. hibernation without swap). Do it on a helper thread and
+    // wait briefly: a quick failure is reported (like qemu-ga, which waits
+    // for its suspend child); a success or a suspend in progress sends no
+    // reply. The monotonic clock stops while suspended.
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut r = Ok(());
         for (path, val) in plan {
             if let Err(e) = std::fs::write(path, val) {
                 log::error!("suspend: writing {val} to {path} failed: {e}");
-                return;
+                r = Err(QgaError::io(
+                    format_args!("failed to write '{val}' to {path}"),
+                    &e,
+                ));
+                break;
             }
         }
+        let _ = tx.send(r);
     });
-    Ok(json!({}))
+    match rx.recv_timeout(SUSPEND_ERROR_WINDOW) {
+        Ok(Err(e)) => Err(e),
+        _ => Ok(json!({})),
+    }
 }
+
+/// How long a suspend request waits for an immediate failure.
+pub const SUSPEND_ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// guest-suspend-disk.
 pub fn suspend_disk(_: &Ctx, a: Args) -> QgaResult<Value> {

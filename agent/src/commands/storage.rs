@@ -122,8 +122,11 @@ fn statvfs(dir: &str) -> Option<(u64, u64)> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return None;
     }
-    let used = (s.f_blocks - s.f_bfree) * s.f_frsize;
-    let total = (s.f_blocks - s.f_bfree + s.f_bavail) * s.f_frsize;
+    let used_blocks = s.f_blocks.saturating_sub(s.f_bfree);
+    let used = used_blocks.saturating_mul(s.f_frsize);
+    let total = used_blocks
+        .saturating_add(s.f_bavail)
+        .saturating_mul(s.f_frsize);
     Some((used, total))
 }
 

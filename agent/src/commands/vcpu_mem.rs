@@ -116,12 +116,12 @@ pub fn get_memory_blocks(_: &Ctx, a: Args) -> QgaResult<Value> {
 }
 
 /// Parses guest-set-memory-blocks `mem-blks` into (phys-index, online).
-pub fn parse_mem_blocks(mut a: Args) -> QgaResult<Vec<(i64, bool)>> {
+pub fn parse_mem_blocks(mut a: Args) -> QgaResult<Vec<(u64, bool)>> {
     let list = a.struct_list("mem-blks")?;
     a.finish()?;
     let mut out = Vec::with_capacity(list.len());
     for mut e in list {
-        let id = e.int("phys-index")?;
+        let id = e.uint("phys-index")?;
         let online = e.bool("online")?;
         let _ = e.opt_bool("can-offline")?;
         e.finish()?;
@@ -137,7 +137,7 @@ pub fn set_memory_blocks(_: &Ctx, a: Args) -> QgaResult<Value> {
         .into_iter()
         .map(|(n, online)| {
             let d = Path::new(MEM_DIR).join(format!("memory{n}"));
-            let (resp, code) = if n < 0 || !d.is_dir() {
+            let (resp, code) = if !d.is_dir() {
                 ("not-found", None)
             } else {
                 let cur = read_trim(&d.join("state")).unwrap_or_default();

@@ -442,7 +442,7 @@ impl<D: VirtioDevice, M: GuestMemory, T: Trigger> MmioTransport<D, M, T> {
             self.device.read_config(offset - CONFIG_SPACE, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.warn.warn(
                 Warn::BadAccess as u32,
                 format_args!(
@@ -505,7 +505,7 @@ impl<D: VirtioDevice, M: GuestMemory, T: Trigger> MmioTransport<D, M, T> {
             );
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             self.warn.warn(
                 Warn::BadAccess as u32,
                 format_args!("virtio-mmio: misaligned write at {offset:#x}"),

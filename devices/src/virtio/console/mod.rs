@@ -339,7 +339,7 @@ impl Console {
             CONTROL_TX_QUEUE => Some(Role::ControlTx),
             _ => {
                 let id = u32::from(index - 2) / 2;
-                Some(if index % 2 == 0 {
+                Some(if index.is_multiple_of(2) {
                     Role::PortRx(id)
                 } else {
                     Role::PortTx(id)
