@@ -253,29 +253,36 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     assert!(vm.proc.wait(Duration::from_secs(10)).success());
 }
 
+/// The same guest as an ELF kernel and as a bzImage (both entered at their 64-bit entry point)
+/// boots, opens its port and powers off.
 #[test]
-fn guest_power_off_ends_the_vm() {
-    let Some(kernel) = prerequisites() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut vm = start_vm(
-        dir.path(),
-        &kernel,
-        "console=ttyS0 tinyguest.poweroff",
-        &["-smp", "1"],
-    );
-    let mut c = vm.client();
-    wait_port_change(&mut c, true);
-    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        ev["data"],
-        json!({"guest": true, "reason": "guest-shutdown"})
-    );
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
-    assert!(vm
-        .serial_text()
-        .contains("tinyguest: powering off through the sleep control register at 0x600"));
+fn guest_power_off_ends_the_vm_elf_and_bzimage() {
+    let Some(elf) = prerequisites() else { return };
+    for kernel in [elf.clone(), elf.with_extension("bzImage")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = start_vm(
+            dir.path(),
+            &kernel,
+            "console=ttyS0 tinyguest.poweroff",
+            &["-smp", "1"],
+        );
+        let mut c = vm.client();
+        wait_port_change(&mut c, true);
+        let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            ev["data"],
+            json!({"guest": true, "reason": "guest-shutdown"})
+        );
+        assert!(vm.proc.wait(Duration::from_secs(10)).success());
+        let serial = vm.serial_text();
+        for line in [
+            "tinyguest: hello from 64-bit long mode",
+            "tinyguest: port 1 open",
+            "tinyguest: powering off through the sleep control register at 0x600",
+        ] {
+            assert!(serial.contains(line), "{}: {serial}", kernel.display());
+        }
+    }
 }
 
 /// Runs vmm with `args`; returns (exit code, stderr).
