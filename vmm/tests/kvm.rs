@@ -555,3 +555,22 @@ fn system_powerdown_presses_the_acpi_power_button() {
     assert!(vm.proc.wait(Duration::from_secs(10)).success());
     assert!(vm.serial_text().contains("tinyguest: power button pressed"));
 }
+
+#[test]
+fn start_paused_runs_nothing_until_cont() {
+    let Some(kernel) = prerequisites() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vm = start_vm(dir.path(), &kernel, "console=ttyS0", &["-S"]);
+    let mut c = vm.client();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&mut c), "prelaunch");
+    assert_eq!(vm.serial_text(), "");
+    c.execute("cont", Value::Null).unwrap().unwrap();
+    c.wait_event("RESUME", Duration::from_secs(5)).unwrap();
+    wait_port_change(&mut c, true);
+    assert_eq!(status(&mut c), "running");
+    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
+    c.execute("quit", Value::Null).unwrap().unwrap();
+}
