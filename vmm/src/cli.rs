@@ -25,6 +25,8 @@ pub enum DeviceSpec {
 pub enum MachineKind {
     /// No guest: the monitor, chardevs and QMP proxy only.
     None,
+    /// A KVM virtual machine booting `-kernel`.
+    Kvm,
     /// The virtio-serial device served to a vhost-user frontend (QEMU, Cloud Hypervisor,
     /// User-Mode Linux) on the unix socket `Config::vhost_user_socket`.
     VhostUser,
@@ -42,6 +44,8 @@ pub struct Config {
     pub start_paused: bool,
     /// `-machine vhost-user,socket=PATH`: where the backend listens.
     pub vhost_user_socket: Option<std::path::PathBuf>,
+    /// The guest of a KVM machine.
+    pub kvm: Option<crate::kvm::KvmConfig>,
 }
 
 /// What the command line asks the process to do.
@@ -53,13 +57,24 @@ pub enum Action {
 }
 
 pub const USAGE: &str = "\
-usage: vmm -machine none [options]
+usage: vmm -kernel IMAGE [-initrd FILE] [-append CMDLINE] [-m SIZE] [-smp N] [options]
+       vmm -machine none [options]
        vmm -machine vhost-user,socket=PATH -device virtio-serial -device virtserialport,... [options]
 
 A minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
 
 options (QEMU spellings; --long forms work too):
-  -machine|-M TYPE          machine type; 'none' runs the monitor and chardevs without a guest
+  -machine|-M TYPE          'microvm' (the KVM machine; default with -kernel; 'pc' and 'q35'
+                            mean the same) or 'none' (the monitor and chardevs without a guest)
+  -kernel IMAGE             bzImage or ELF vmlinux, entered at its 64-bit entry point
+  -initrd FILE              initial ramdisk
+  -append CMDLINE           kernel command line
+  -m SIZE                   guest RAM, e.g. 512M or 2G (default 128M)
+  -smp N                    number of vCPUs (default 1)
+  -serial stdio|chardev:ID|file:PATH|none
+                            where COM1 goes (default: none)
+  -no-reboot                a guest reboot ends the VM
+  -enable-kvm, -cpu host    accepted (KVM is always used)
   -machine vhost-user,socket=PATH
                             serve the virtio-serial device (device id 3) to a vhost-user frontend
                             connecting to the unix socket PATH (QEMU vhost-user-device, Cloud
@@ -141,13 +156,14 @@ fn parse_machine(s: &str) -> Result<(MachineKind, Option<std::path::PathBuf>), O
     match ty.as_str() {
         "none" if socket.is_none() => Ok((MachineKind::None, None)),
         "none" => Err(err("-machine none: option 'socket' belongs to vhost-user")),
+        "microvm" | "pc" | "q35" if socket.is_none() => Ok((MachineKind::Kvm, None)),
         "vhost-user" => match socket {
             Some(p) if !p.is_empty() => Ok((MachineKind::VhostUser, Some(p.into()))),
             _ => Err(err("-machine vhost-user: option 'socket=PATH' is required")),
         },
-        "help" => Err(err("-machine: supported machine types: none, vhost-user")),
+        "help" => Err(err("-machine: supported machine types: microvm, none, vhost-user")),
         other => Err(err(format!(
-            "-machine: unknown or unsupported machine type '{other}' (supported: none, vhost-user)"
+            "-machine: unknown or unsupported machine type '{other}' (supported: microvm, none, vhost-user)"
         ))),
     }
 }
@@ -161,6 +177,13 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
     let mut chardevs: Vec<ChardevSpec> = Vec::new();
     let mut devices = Vec::new();
     let mut start_paused = false;
+    let mut kernel = None;
+    let mut initrd = None;
+    let mut append = None;
+    let mut mem = None;
+    let mut smp = None;
+    let mut serial = None;
+    let mut no_reboot = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let opt = a.strip_prefix("--").or_else(|| a.strip_prefix('-'));
@@ -222,19 +245,68 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
             "display" => {
                 let v = value("display type")?;
                 if v != "none" {
-                    return Err(err(format!("-display: only 'none' is supported, not '{v}'")));
+                    return Err(err(format!(
+                        "-display: only 'none' is supported, not '{v}'"
+                    )));
                 }
             }
-            "kernel" | "initrd" | "append" | "m" | "smp" | "serial" | "enable-kvm" | "cpu" => {
-                return Err(err(format!(
-                    "-{opt}: needs a KVM machine, which this build does not have yet (only -machine none)"
-                )))
+            "kernel" => kernel = Some(std::path::PathBuf::from(value("kernel image")?)),
+            "initrd" => initrd = Some(std::path::PathBuf::from(value("initrd file")?)),
+            "append" => append = Some(value("command line")?),
+            "m" => mem = Some(crate::kvm::parse_mem(&value("memory size")?).map_err(err)?),
+            "smp" => smp = Some(crate::kvm::parse_smp(&value("CPU count")?).map_err(err)?),
+            "serial" => {
+                serial =
+                    Some(crate::kvm::SerialSpec::parse(&value("serial backend")?).map_err(err)?)
+            }
+            "no-reboot" => no_reboot = true,
+            "enable-kvm" => {}
+            "cpu" => {
+                let v = value("CPU model")?;
+                if v != "host" && v != "max" {
+                    return Err(err(format!("-cpu: only 'host' is supported, not '{v}'")));
+                }
             }
             other => return Err(err(format!("unknown option '-{other}' (see --help)"))),
         }
     }
-    let machine =
-        machine.ok_or_else(|| err("-machine: required; this build supports '-machine none'"))?;
+    let machine = match (machine, &kernel) {
+        (Some(m), _) => m,
+        (None, Some(_)) => MachineKind::Kvm,
+        (None, None) => {
+            return Err(err(
+                "-kernel: required (or '-machine none' for the monitor without a guest)",
+            ))
+        }
+    };
+    let kvm = match machine {
+        MachineKind::Kvm => Some(crate::kvm::KvmConfig {
+            kernel: kernel.ok_or_else(|| err("-kernel: required to boot a guest"))?,
+            initrd,
+            append: append.unwrap_or_default(),
+            mem_size: mem.unwrap_or(crate::kvm::DEFAULT_MEM),
+            vcpus: smp.unwrap_or(1),
+            serial: serial.unwrap_or(crate::kvm::SerialSpec::None),
+            no_reboot,
+        }),
+        _ => {
+            for (given, o) in [
+                (kernel.is_some(), "kernel"),
+                (initrd.is_some(), "initrd"),
+                (append.is_some(), "append"),
+                (mem.is_some(), "m"),
+                (smp.is_some(), "smp"),
+                (serial.is_some(), "serial"),
+            ] {
+                if given {
+                    return Err(err(format!(
+                        "-{o}: only the KVM machine (-machine microvm) boots a guest"
+                    )));
+                }
+            }
+            None
+        }
+    };
     let cfg = Config {
         machine,
         name,
@@ -243,6 +315,7 @@ pub fn parse(args: &[String]) -> Result<Action, OptsError> {
         devices,
         start_paused,
         vhost_user_socket,
+        kvm,
     };
     validate(&cfg)?;
     Ok(Action::Run(Box::new(cfg)))
@@ -280,6 +353,11 @@ fn validate(cfg: &Config) -> Result<(), OptsError> {
             ));
         }
     }
+    if let Some(crate::kvm::SerialSpec::Chardev(id)) = cfg.kvm.as_ref().map(|k| &k.serial) {
+        if !cfg.chardevs.iter().any(|c| &c.id == id) {
+            return Err(err(format!("-serial: chardev '{id}' does not exist")));
+        }
+    }
     for c in &cfg.chardevs {
         let on_port = cfg
             .devices
@@ -306,6 +384,15 @@ fn validate(cfg: &Config) -> Result<(), OptsError> {
             continue;
         }
         if let chardev::Backend::QmpProxy { path: None, .. } = c.backend {
+            if cfg.machine == MachineKind::Kvm {
+                if on_port {
+                    continue;
+                }
+                return Err(err(format!(
+                    "-chardev qmp_proxy,id={}: no virtserialport uses it (add -device virtserialport,chardev={},name=org.qemu.guest_agent.0)",
+                    c.id, c.id
+                )));
+            }
             return Err(err(format!(
                 "-chardev qmp_proxy,id={}: without a guest, give path=AGENT_SOCKET (a host-side agent)",
                 c.id
@@ -390,7 +477,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_option() {
-        assert!(p("-machine pc").unwrap_err().0.contains("-machine"));
+        assert!(p("-machine isapc").unwrap_err().0.contains("-machine"));
+        assert!(p("-machine pc").unwrap_err().0.contains("-kernel"));
+        assert!(p("-kernel k -m lots").unwrap_err().0.contains("-m"));
+        assert!(p("-kernel k -smp 0").unwrap_err().0.contains("-smp"));
+        assert!(p("-kernel k -serial chardev:nope")
+            .unwrap_err()
+            .0
+            .contains("'nope'"));
+        assert!(p("-kernel k -device virtio-blk")
+            .unwrap_err()
+            .0
+            .contains("virtio-blk"));
+        assert!(p("-kernel k -chardev null,id=a -chardev null,id=b -device virtio-serial -device virtserialport,chardev=a,name=n -device virtserialport,chardev=b,name=n")
+            .unwrap_err()
+            .0
+            .contains("two ports"));
+        assert!(p("-kernel k -chardev qmp_proxy,id=q")
+            .unwrap_err()
+            .0
+            .contains("virtserialport"));
+        assert!(matches!(
+            p("-kernel k -m 512M -smp 2 -chardev qmp_proxy,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 -serial stdio").unwrap(),
+            Action::Run(_)
+        ));
         assert!(p("-machine none -bogus").unwrap_err().0.contains("-bogus"));
         assert!(p("-machine none -qmp").unwrap_err().0.contains("-qmp"));
         assert!(p("-machine none -qmp unix:/x,bad=1")

@@ -1,6 +1,7 @@
 //! `vmm`: a minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
 
 mod cli;
+mod kvm;
 mod machine;
 mod ports;
 mod signals;
@@ -82,7 +83,7 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
     // Virtio-serial ports and their host sides (vhost-user machine).
     let (max_ports, port_plan) = serial_ports(cfg)?;
     let mut hub = match cfg.machine {
-        cli::MachineKind::VhostUser => {
+        cli::MachineKind::VhostUser | cli::MachineKind::Kvm => {
             Some(ports::PortHub::new(handle.clone()).map_err(|e| format!("eventfd: {e}"))?)
         }
         _ => None,
@@ -154,7 +155,10 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         chardevs.borrow_mut().push(cd);
     }
 
-    let vhost_dev = match (cfg.machine, hub) {
+    let vhost_dev = match (
+        cfg.machine,
+        hub.take_if(|_| cfg.machine == cli::MachineKind::VhostUser),
+    ) {
         (cli::MachineKind::VhostUser, Some(hub)) => {
             let socket = cfg
                 .vhost_user_socket
@@ -178,7 +182,33 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         state: state.clone(),
         chardevs: chardevs.clone(),
     };
-    let mut monitor = Monitor::new(handle.clone(), Box::new(machine));
+    let mut vm = None;
+    let machine: Box<dyn qmp::Machine> = match &cfg.kvm {
+        None => Box::new(machine),
+        Some(k) => {
+            let hub = hub.take().ok_or("KVM machine: no port hub")?;
+            let mut wiring = kvm::HubWiring::new(hub, &chardevs.borrow(), &port_proxies);
+            let v = kvm::Vm::build(
+                k,
+                &cfg.devices,
+                &chardevs.borrow(),
+                &mut wiring,
+                state.clone(),
+            )?;
+            for sub in v.subscribers() {
+                em.add_subscriber(sub);
+            }
+            if let Some(sub) = kvm::PortWiring::subscriber(&mut wiring) {
+                em.add_subscriber(sub);
+            }
+            vm = Some(v.clone());
+            Box::new(kvm::KvmMachine {
+                none: machine,
+                vm: v,
+            })
+        }
+    };
+    let mut monitor = Monitor::new(handle.clone(), machine);
     if let Some(p) = proxy {
         monitor.set_proxy(p);
     }
@@ -211,6 +241,9 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
         state: state.clone(),
     }));
 
+    if let Some(v) = &vm {
+        v.start()?;
+    }
     log::info!("vmm: running");
     let result = loop {
         if state.exit.get() {
@@ -220,6 +253,9 @@ fn run(cfg: &cli::Config) -> Result<(), String> {
             break Err(format!("event loop: {e:?}"));
         }
     };
+    if let Some(v) = &vm {
+        v.stop();
+    }
     let mut m = monitor.borrow_mut();
     m.flush_before_exit(Duration::from_secs(1));
     m.cleanup();
