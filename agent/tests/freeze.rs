@@ -90,8 +90,10 @@ fn loopfs_or_skip(tag: &str) -> Option<LoopFs> {
     match LoopFs::make(tag) {
         Ok(f) => Some(f),
         Err(reason) => {
-            eprintln!("skipped: {reason}");
-            println!("skipped: {reason}");
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("skipped: {reason}\n"),
+            );
             None
         }
     }

@@ -204,8 +204,10 @@ fn agent_in_a_linux_guest() {
     let (Some(kernel), Some(qemu), Some(busybox)) =
         (kernel, tool("qemu-system-x86_64"), tool("busybox"))
     else {
-        println!("skipped: needs VIRTAGENT_GUEST_KERNEL, qemu-system-x86_64 and busybox");
-        eprintln!("skipped: needs VIRTAGENT_GUEST_KERNEL, qemu-system-x86_64 and busybox");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("skipped: needs VIRTAGENT_GUEST_KERNEL, qemu-system-x86_64 and busybox\n"),
+        );
         return;
     };
     let dir = temp_dir("guest");

@@ -49,13 +49,14 @@ fn tiny_guest() -> Result<PathBuf, String> {
 
 fn prerequisites() -> Option<PathBuf> {
     if let Err(e) = kvm_usable() {
-        println!("skipped: {e}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
         return None;
     }
     match tiny_guest() {
         Ok(p) => Some(p),
         Err(e) => {
-            println!("skipped: {e}");
+            let _ =
+                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
             None
         }
     }
@@ -356,7 +357,10 @@ fn bad_input_gives_one_clear_error_line() {
     assert_one_error_line(&["-kernel", "k", "-m", "8M"], "too small");
 
     if let Err(e) = kvm_usable() {
-        println!("skipped (kernel and initrd checks): {e}");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("skipped (kernel and initrd checks): {e}\n"),
+        );
         return;
     }
     assert_one_error_line(&["-kernel", &d("missing")], "No such file");

@@ -67,13 +67,14 @@ fn ok(r: &Value) -> &Value {
 #[test]
 fn linux_guest_agent_over_the_monitor_then_powerdown() {
     if let Err(e) = hardware_kvm() {
-        println!("skipped: {e}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
         return;
     }
     let img = match guest_image() {
         Ok(d) => d,
         Err(e) => {
-            println!("skipped: {e}");
+            let _ =
+                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
             return;
         }
     };

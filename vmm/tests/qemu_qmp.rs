@@ -64,7 +64,7 @@ fn qmp_shell_works_unmodified() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Connected to QEMU 7.2.0"), "{text}");
     assert!(
-        text.contains(r#"{"return": {"status": "running", "running": true, "singlestep": false}}"#),
+        text.contains(r#""status": "running""#) && text.contains(r#""running": true"#),
         "{text}"
     );
     assert!(

@@ -683,7 +683,7 @@ fn run(agent: &str) {
 #[test]
 fn uml_guest_with_qemu_ga() {
     if let Some(why) = skip_reason() {
-        println!("skipped: {why}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {why}\n"));
         return;
     }
     require_qemu_ga();
@@ -693,11 +693,11 @@ fn uml_guest_with_qemu_ga() {
 #[test]
 fn uml_guest_with_virtagent() {
     if let Some(why) = skip_reason() {
-        println!("skipped: {why}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {why}\n"));
         return;
     }
     let Some(agent) = virtagent() else {
-        println!("skipped: virtagent not built next to vmm (cargo build -p agent, or cargo test --workspace)");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: virtagent not built next to vmm (cargo build -p agent, or cargo test --workspace)\n"));
         return;
     };
     run(agent.to_str().unwrap());

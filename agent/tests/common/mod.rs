@@ -251,8 +251,8 @@ pub fn have_qemu_ga() -> bool {
     }
     let reason = format!("{QEMU_GA} is not installed (apt-get install qemu-guest-agent)");
     if std::env::var("VIRTAGENT_SKIP_QEMU_GA").as_deref() == Ok("1") {
-        eprintln!("skipped: {reason}");
-        println!("skipped: {reason}");
+        let _ =
+            std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {reason}\n"));
         return false;
     }
     panic!("{reason}; set VIRTAGENT_SKIP_QEMU_GA=1 to skip the comparison");
