@@ -203,6 +203,9 @@ impl serde_json::ser::Formatter for AsciiFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
+        if fragment.is_ascii() {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             if c.is_ascii() {
