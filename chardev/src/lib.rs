@@ -12,15 +12,12 @@ pub mod opts;
 pub mod qmp_proxy;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use qmp::server::Stream;
+use qmp::server::{Listener, Stream};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -91,30 +88,6 @@ struct SocketState {
     listener: Option<Listener>,
     conn: Option<Stream>,
     retry: TimerFd,
-}
-
-enum Listener {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-impl Listener {
-    fn fd(&self) -> RawFd {
-        match self {
-            Listener::Unix(l) => l.as_raw_fd(),
-            Listener::Tcp(l) => l.as_raw_fd(),
-        }
-    }
-
-    fn accept(&self) -> io::Result<Stream> {
-        match self {
-            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            Listener::Tcp(l) => l.accept().map(|(s, _)| {
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
-            }),
-        }
-    }
 }
 
 struct Inner {
@@ -199,33 +172,11 @@ impl Chardev {
                     retry: TimerFd::new().map_err(|e| io_err(&id, "timerfd", e.into()))?,
                 };
                 if s.server {
-                    let l = match &s.addr {
-                        SocketAddr::Unix(p) => {
-                            if let Ok(m) = std::fs::symlink_metadata(p) {
-                                if !m.file_type().is_socket() {
-                                    return Err(ChardevError::Invalid(
-                                        id,
-                                        format!("{} exists and is not a socket", p.display()),
-                                    ));
-                                }
-                                let _ = std::fs::remove_file(p);
-                            }
-                            let l = UnixListener::bind(p).map_err(|e| {
-                                io_err(&id, format!("cannot listen on {}", p.display()), e)
-                            })?;
-                            created_path = Some(p.clone());
-                            Listener::Unix(l)
-                        }
-                        SocketAddr::Tcp(a) => Listener::Tcp(
-                            TcpListener::bind(a)
-                                .map_err(|e| io_err(&id, format!("cannot listen on {a}"), e))?,
-                        ),
-                    };
-                    match &l {
-                        Listener::Unix(u) => u.set_nonblocking(true),
-                        Listener::Tcp(t) => t.set_nonblocking(true),
+                    let l = Listener::bind(&s.addr)
+                        .map_err(|e| io_err(&id, format!("cannot listen on {}", s.addr), e))?;
+                    if let SocketAddr::Unix(p) = &s.addr {
+                        created_path = Some(p.clone());
                     }
-                    .map_err(|e| io_err(&id, "listener", e))?;
                     st.listener = Some(l);
                 } else {
                     match Stream::connect(&s.addr) {

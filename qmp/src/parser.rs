@@ -130,8 +130,7 @@ impl JsonStreamer {
                     .position(|&b| {
                         b == quote
                             || b == b'\\'
-                            || b < 0x20
-                            || b >= 0xFE
+                            || !(0x20..0xFE).contains(&b)
                             || (b == b'"' && quote == b'\'')
                     })
                     .unwrap_or(data.len() - i);

@@ -60,20 +60,39 @@ impl std::fmt::Display for SocketAddr {
     }
 }
 
-enum Listener {
+/// A listening unix or tcp socket (non-blocking).
+pub enum Listener {
     Unix(UnixListener),
     Tcp(TcpListener),
 }
 
 impl Listener {
-    fn fd(&self) -> RawFd {
+    /// Listens on `addr`. A stale unix socket file at the path is replaced; any other file
+    /// there is an error.
+    pub fn bind(addr: &SocketAddr) -> io::Result<Listener> {
+        let l = match addr {
+            SocketAddr::Unix(p) => {
+                remove_stale_socket(p)?;
+                Listener::Unix(UnixListener::bind(p)?)
+            }
+            SocketAddr::Tcp(a) => Listener::Tcp(TcpListener::bind(a)?),
+        };
+        match &l {
+            Listener::Unix(u) => u.set_nonblocking(true)?,
+            Listener::Tcp(t) => t.set_nonblocking(true)?,
+        }
+        Ok(l)
+    }
+
+    pub fn fd(&self) -> RawFd {
         match self {
             Listener::Unix(l) => l.as_raw_fd(),
             Listener::Tcp(l) => l.as_raw_fd(),
         }
     }
 
-    fn accept(&self) -> io::Result<Stream> {
+    /// Accepts one connection (`WouldBlock` when none is pending).
+    pub fn accept(&self) -> io::Result<Stream> {
         match self {
             Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
             Listener::Tcp(l) => l.accept().map(|(s, _)| {
@@ -242,18 +261,9 @@ impl Monitor {
 
     /// Listens on `addr`. A stale unix socket file at the path is replaced; any other file is an error.
     pub fn listen(&mut self, addr: &SocketAddr) -> io::Result<()> {
-        let l = match addr {
-            SocketAddr::Unix(p) => {
-                remove_stale_socket(p)?;
-                let l = UnixListener::bind(p)?;
-                self.created_paths.push(p.clone());
-                Listener::Unix(l)
-            }
-            SocketAddr::Tcp(a) => Listener::Tcp(TcpListener::bind(a)?),
-        };
-        match &l {
-            Listener::Unix(u) => u.set_nonblocking(true)?,
-            Listener::Tcp(t) => t.set_nonblocking(true)?,
+        let l = Listener::bind(addr)?;
+        if let SocketAddr::Unix(p) = addr {
+            self.created_paths.push(p.clone());
         }
         self.listeners.push((l, addr.clone()));
         Ok(())

@@ -37,6 +37,32 @@ pub struct VmState {
 }
 
 impl VmState {
+    /// QMP `stop`: a running VM pauses (`pause` stops the vCPUs first), then STOP is emitted.
+    pub fn stop(&self, pause: impl FnOnce()) {
+        if self.run_state.get() == RunState::Running {
+            pause();
+            self.run_state.set(RunState::Paused);
+            self.monitor.event("STOP", None);
+        }
+    }
+
+    /// QMP `cont`: a paused or not yet started VM runs (`resume` restarts the vCPUs), then
+    /// RESUME is emitted. A VM that shut down must be reset first.
+    pub fn cont(&self, resume: impl FnOnce()) -> Result<(), QmpError> {
+        match self.run_state.get() {
+            RunState::Shutdown => Err(QmpError::generic(
+                "Resetting the Virtual Machine is required",
+            )),
+            RunState::Paused | RunState::Prelaunch => {
+                self.run_state.set(RunState::Running);
+                resume();
+                self.monitor.event("RESUME", None);
+                Ok(())
+            }
+            RunState::Running => Ok(()),
+        }
+    }
+
     /// Ends the VM: SHUTDOWN event with `reason`, then the event loop stops.
     pub fn shutdown(&self, guest: bool, reason: &str) {
         if self.exit.get() {
@@ -154,27 +180,10 @@ impl Machine for NoneMachine {
             )),
             "query-kvm" => Ok(json!({"enabled": false, "present": std::path::Path::new("/dev/kvm").exists()})),
             "stop" => {
-                if matches!(st.run_state.get(), RunState::Running) {
-                    st.run_state.set(RunState::Paused);
-                    st.monitor.event("STOP", None);
-                }
+                st.stop(|| {});
                 Ok(json!({}))
             }
-            "cont" => {
-                match st.run_state.get() {
-                    RunState::Shutdown => {
-                        return Err(QmpError::generic(
-                            "Resetting the Virtual Machine is required",
-                        ))
-                    }
-                    RunState::Paused | RunState::Prelaunch => {
-                        st.run_state.set(RunState::Running);
-                        st.monitor.event("RESUME", None);
-                    }
-                    RunState::Running => {}
-                }
-                Ok(json!({}))
-            }
+            "cont" => st.cont(|| {}).map(|_| json!({})),
             "quit" => {
                 st.shutdown(false, "host-qmp-quit");
                 Ok(json!({}))

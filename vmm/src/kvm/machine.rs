@@ -539,29 +539,10 @@ impl Machine for KvmMachine {
         match name {
             "query-kvm" => Ok(json!({"enabled": true, "present": true})),
             "stop" => {
-                if st.run_state.get() == RunState::Running {
-                    self.vm.pause();
-                    st.run_state.set(RunState::Paused);
-                    st.monitor.event("STOP", None);
-                }
+                st.stop(|| self.vm.pause());
                 Ok(json!({}))
             }
-            "cont" => {
-                match st.run_state.get() {
-                    RunState::Shutdown => {
-                        return Err(QmpError::generic(
-                            "Resetting the Virtual Machine is required",
-                        ))
-                    }
-                    RunState::Paused | RunState::Prelaunch => {
-                        st.run_state.set(RunState::Running);
-                        self.vm.resume();
-                        st.monitor.event("RESUME", None);
-                    }
-                    RunState::Running => {}
-                }
-                Ok(json!({}))
-            }
+            "cont" => st.cont(|| self.vm.resume()).map(|_| json!({})),
             "system_reset" => {
                 self.vm.reset(false, "host-qmp-system-reset");
                 Ok(json!({}))
