@@ -67,8 +67,9 @@ pub enum ChardevError {
 enum Kind {
     Null,
     File(File),
+    /// `input`: stdin is still a source of bytes (pollable, not at EOF).
     Stdio {
-        open: bool,
+        input: bool,
     },
     Pty {
         master: File,
@@ -145,7 +146,9 @@ impl Chardev {
                     .map_err(|e| io_err(&id, format!("cannot open {}", path.display()), e))?;
                 Kind::File(f)
             }
-            Backend::Stdio => Kind::Stdio { open: true },
+            Backend::Stdio => Kind::Stdio {
+                input: stdin_pollable(),
+            },
             Backend::Pty => {
                 let (master, path) = open_pty().map_err(|e| io_err(&id, "cannot open a pty", e))?;
                 eprintln!(
@@ -285,7 +288,6 @@ impl Chardev {
         match &self.inner.borrow().kind {
             Kind::Socket(s) => s.conn.is_some(),
             Kind::Pty { open, .. } => *open,
-            Kind::Stdio { open } => *open,
             _ => true,
         }
     }
@@ -442,7 +444,7 @@ impl Chardev {
         let mut want: Vec<(RawFd, EventSet)> = vec![(i.kick.as_raw_fd(), EventSet::IN)];
         let out_pending = i.out.len() > i.out_pos;
         match &i.kind {
-            Kind::Stdio { open: true } if !i.input_paused => {
+            Kind::Stdio { input: true } if !i.input_paused => {
                 want.push((libc::STDIN_FILENO, EventSet::IN));
             }
             Kind::Pty {
@@ -517,8 +519,8 @@ impl Chardev {
         }
         let mut buf = vec![0u8; room];
         match &mut i.kind {
-            Kind::Stdio { open } if fd == libc::STDIN_FILENO => match read_stdin(&mut buf) {
-                Ok(0) | Err(_) => *open = false,
+            Kind::Stdio { input } if fd == libc::STDIN_FILENO => match read_stdin(&mut buf) {
+                Ok(0) | Err(_) => *input = false,
                 Ok(n) => notes.push(Notify::Data(buf[..n].to_vec())),
             },
             Kind::Pty {
@@ -687,4 +689,23 @@ fn read_stdin(buf: &mut [u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// True when stdin can be watched with epoll (not a regular file or /dev/null, which epoll
+/// refuses; such a stdin simply gives no input).
+fn stdin_pollable() -> bool {
+    // SAFETY: epoll_create1 takes flags only and returns a new fd or -1.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return false;
+    }
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: `ep` is our epoll fd and `ev` a valid event struct; fd 0 is only registered.
+    let ok = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, libc::STDIN_FILENO, &mut ev) } == 0;
+    // SAFETY: `ep` was created above and is closed once.
+    unsafe { libc::close(ep) };
+    ok
 }
