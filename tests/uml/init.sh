@@ -18,12 +18,23 @@ export PATH
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev 2>/dev/null
-$bb mount -t tmpfs tmp /tmp
 $bb mount -t tmpfs run /run
+# The guest gets its own /tmp; the host's stays reachable at /run/host-tmp, so host paths under
+# /tmp (a checkout or build directory there, e.g. the agent binary) still work (see host_path).
+$bb mkdir -p /run/host-tmp
+$bb mount --bind /tmp /run/host-tmp
+$bb mount -t tmpfs tmp /tmp
 $bb ip link set lo up 2>/dev/null
 $bb hostname uml-guest
 
-AGENT=${VA_AGENT:-qemu-ga}
+# A host path as the guest sees it.
+host_path() {
+    case "$1" in
+    /tmp/*) echo "/run/host-tmp/${1#/tmp/}" ;;
+    *) echo "$1" ;;
+    esac
+}
+AGENT=$(host_path "${VA_AGENT:-qemu-ga}")
 PORT=${VA_PORT:-org.qemu.guest_agent.0}
 
 # Power off instead of asking systemd.
@@ -73,7 +84,7 @@ while :; do
     while [ -e /tmp/hold ]; do $bb sleep 0.05; done
     [ -e /tmp/stop ] && break
     # /tmp/agent.next switches the agent for the next start (benchmarks compare agents).
-    [ -s /tmp/agent.next ] && AGENT=$($bb cat /tmp/agent.next)
+    [ -s /tmp/agent.next ] && AGENT=$(host_path "$($bb cat /tmp/agent.next)")
     case "$AGENT" in
     qemu-ga)
         /usr/sbin/qemu-ga -m virtio-serial -p "/dev/virtio-ports/$PORT" -f /tmp/agent.pid.qga -t /tmp &
