@@ -109,6 +109,9 @@ pub struct ExecInfo {
     pub out: Option<Captured>,
     /// Captured stderr, when captured.
     pub err: Option<Captured>,
+    /// Parts still outstanding before `exited`: the child's exit status and
+    /// each captured stream's end of file.
+    pub pending: u8,
 }
 
 /// guest-exec children by pid.

@@ -1,10 +1,12 @@
 //! guest-exec and guest-exec-status.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -93,7 +95,7 @@ pub fn parse_exec(mut a: Args) -> QgaResult<ExecRequest> {
 /// truncated (a host starting many chatty children cannot exhaust memory).
 pub const CAPTURE_TOTAL_MAX: usize = 512 << 20;
 static CAPTURED_TOTAL: AtomicUsize = AtomicUsize::new(0);
-/// Stack size of the supervisor, reader and writer threads of a child.
+/// Stack size of the reaper thread and of a child's reader and writer threads.
 const HELPER_STACK: usize = 64 * 1024;
 
 /// Takes up to `want` bytes from the global capture budget.
@@ -140,44 +142,138 @@ fn read_capped(mut r: impl Read, cap: &mut Captured) {
     }
 }
 
-fn supervise(
-    mut child: Child,
-    input: Option<Vec<u8>>,
-    merged: Option<std::fs::File>,
-    info: Arc<Mutex<ExecInfo>>,
-) {
-    if let (Some(mut stdin), Some(data)) = (child.stdin.take(), input) {
-        helper(move || {
-            let _ = stdin.write_all(&data);
-        });
-    }
-    let reader = |r: Box<dyn Read + Send>| {
-        helper(move || {
-            let mut c = Captured::default();
-            read_capped(r, &mut c);
-            c
-        })
-    };
-    let err_thread = child.stderr.take().and_then(|e| reader(Box::new(e)));
-    let out_thread = match merged {
-        Some(m) => reader(Box::new(m)),
-        None => child.stdout.take().and_then(|o| reader(Box::new(o))),
-    };
-    let out = out_thread.and_then(|t| t.join().ok());
-    let err = err_thread.and_then(|t| t.join().ok());
-    let status = child.wait();
+/// Records one finished part of a child (its exit status or a stream's
+/// output); the child counts as exited once no part is outstanding.
+fn finish_part(info: &Mutex<ExecInfo>, f: impl FnOnce(&mut ExecInfo)) {
     if let Ok(mut i) = info.lock() {
+        f(&mut i);
+        i.pending = i.pending.saturating_sub(1);
+        if i.pending == 0 {
+            i.exited = true;
+        }
+    }
+}
+
+fn record_status(info: &Mutex<ExecInfo>, status: std::io::Result<std::process::ExitStatus>) {
+    finish_part(info, |i| {
         if let Ok(st) = status {
             i.exitcode = st.code();
             i.signal = st.signal();
         }
-        if i.out.is_some() {
-            i.out = out;
+    });
+}
+
+/// Children waited for by the reaper thread, by pid.
+struct Waiting {
+    child: Child,
+    info: Arc<Mutex<ExecInfo>>,
+    /// Registered in the reaper's epoll set; closing it unregisters it.
+    _pidfd: OwnedFd,
+}
+
+static WAITING: LazyLock<Mutex<HashMap<i32, Waiting>>> = LazyLock::new(Default::default);
+
+/// The reaper's epoll descriptor (None if it could not be started).
+///
+/// One thread reaps every guest-exec child: it sleeps in `epoll_wait` on the
+/// children's pidfds and calls `waitpid` for each one that exits, so a child
+/// costs no thread of its own and its exit is seen as soon as it happens.
+/// Only our own children's pids are waited for (never `waitpid(-1)`), so
+/// other commands that wait for their helpers are not disturbed.
+fn reaper() -> Option<RawFd> {
+    static EPOLL: OnceLock<Option<RawFd>> = OnceLock::new();
+    *EPOLL.get_or_init(|| {
+        // SAFETY: epoll_create1 has no memory preconditions.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return None;
         }
-        if i.err.is_some() {
-            i.err = err;
+        let started = std::thread::Builder::new()
+            .name("exec-reaper".into())
+            .stack_size(HELPER_STACK)
+            .spawn(move || reap_loop(fd));
+        if started.is_err() {
+            // SAFETY: fd was created above and is used by nobody else.
+            unsafe { libc::close(fd) };
+            return None;
         }
-        i.exited = true;
+        Some(fd)
+    })
+}
+
+fn reap_loop(epfd: RawFd) {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
+    loop {
+        // SAFETY: events is a valid array of the length passed.
+        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("exec reaper: epoll_wait failed; children are no longer reaped");
+            return;
+        }
+        for ev in &events[..n as usize] {
+            let pid = ev.u64 as i32;
+            let w = WAITING.lock().ok().and_then(|mut m| m.remove(&pid));
+            if let Some(mut w) = w {
+                // The pidfd is readable: the child has exited, wait() does not block.
+                let st = w.child.wait();
+                record_status(&w.info, st);
+            }
+        }
+    }
+}
+
+/// Has `child` reaped when it exits: by the reaper thread (pidfd), or by a
+/// thread of its own where pidfds are unavailable (Linux < 5.3). False if
+/// neither could be set up (the caller kills and reaps the child itself).
+fn watch_exit(child: Child, info: Arc<Mutex<ExecInfo>>) -> bool {
+    match watch_pidfd(child, info) {
+        Ok(()) => true,
+        Err((mut child, info)) => helper(move || record_status(&info, child.wait())).is_some(),
+    }
+}
+
+type Unwatched = (Child, Arc<Mutex<ExecInfo>>);
+
+fn watch_pidfd(child: Child, info: Arc<Mutex<ExecInfo>>) -> Result<(), Unwatched> {
+    let Some(epfd) = reaper() else {
+        return Err((child, info));
+    };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: pidfd_open takes a pid and flags; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err((child, info));
+    }
+    // SAFETY: fd is a new pidfd owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let raw = pidfd.as_raw_fd();
+    let Ok(mut waiting) = WAITING.lock() else {
+        return Err((child, info));
+    };
+    // Inserted before the pidfd is armed, and under the lock the reaper
+    // takes: the reaper always finds the child when the pidfd fires.
+    waiting.insert(
+        pid,
+        Waiting {
+            child,
+            info,
+            _pidfd: pidfd,
+        },
+    );
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: pid as u64,
+    };
+    // SAFETY: epfd and raw are open descriptors; ev is a valid event.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, raw, &mut ev) } == 0 {
+        return Ok(());
+    }
+    match waiting.remove(&pid) {
+        Some(w) => Err((w.child, w.info)),
+        None => Ok(()),
     }
 }
 
@@ -244,7 +340,6 @@ pub fn exec(ctx: &Ctx, a: Args) -> QgaResult<Value> {
 
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::fd::FromRawFd;
     let mut fds = [0; 2];
     // SAFETY: fds is a valid 2-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -286,27 +381,60 @@ fn spawn(cmd: &mut Command, req: &ExecRequest) -> QgaResult<Child> {
 
 fn register(
     ctx: &Ctx,
-    child: Child,
+    mut child: Child,
     input: Option<Vec<u8>>,
     merged: Option<std::fs::File>,
     out: bool,
     err: bool,
 ) -> QgaResult<Value> {
     let pid = child.id() as i64;
+    let stdin = child.stdin.take();
+    let stdout: Option<Box<dyn Read + Send>> = match merged {
+        Some(m) => Some(Box::new(m)),
+        None => child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    };
+    let stderr: Option<Box<dyn Read + Send>> = child
+        .stderr
+        .take()
+        .map(|e| Box::new(e) as Box<dyn Read + Send>);
     let info = Arc::new(Mutex::new(ExecInfo {
         out: out.then(Captured::default),
         err: err.then(Captured::default),
+        // The exit status and one end of file per captured stream.
+        pending: 1 + u8::from(stdout.is_some()) + u8::from(stderr.is_some()),
         ..Default::default()
     }));
     if let Ok(mut t) = ctx.shared.execs.lock() {
         t.children.insert(pid, info.clone());
     }
-    let r = std::thread::Builder::new()
-        .name(format!("exec-{pid}"))
-        .stack_size(HELPER_STACK)
-        .spawn(move || supervise(child, input, merged, info));
-    if r.is_err() {
-        // No supervisor: do not leave the child running unreaped.
+    if let (Some(mut stdin), Some(data)) = (stdin, input) {
+        helper(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    for (stream, is_out) in [(stdout, true), (stderr, false)] {
+        let Some(r) = stream else { continue };
+        let i = info.clone();
+        let reader = helper(move || {
+            let mut c = Captured::default();
+            read_capped(r, &mut c);
+            finish_part(&i, |i| {
+                let slot = if is_out { &mut i.out } else { &mut i.err };
+                if slot.is_some() {
+                    *slot = Some(c);
+                }
+            });
+        });
+        if reader.is_none() {
+            // Nothing will read this stream (its pipe is closed): done.
+            finish_part(&info, |_| {});
+        }
+    }
+    if !watch_exit(child, info) {
+        // Nothing will reap the child: do not leave it running unreaped.
         // SAFETY: kill/waitpid on our own child's pid (not yet reaped).
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
@@ -315,9 +443,7 @@ fn register(
         if let Ok(mut t) = ctx.shared.execs.lock() {
             t.children.remove(&pid);
         }
-        return Err(QgaError::generic(
-            "failed to start the exec supervisor thread",
-        ));
+        return Err(QgaError::generic("failed to start watching the exec child"));
     }
     Ok(json!({"pid": pid}))
 }
