@@ -6,7 +6,8 @@
 #
 # Everything comes from Debian packages (apt-get download + dpkg-deb -x) cached under .cache/guest/;
 # the libraries of dynamically linked agents are copied from this machine (as listed by ldd) and their
-# owning packages recorded in the manifest. Output (default .cache/guest/):
+# owning packages recorded in the manifest. chpasswd (guest-set-user-password) comes from Debian's passwd
+# package, its PAM module pam_unix.so (with its libraries) from this machine like the agents' libraries. Output (default .cache/guest/):
 #   vmlinuz            the kernel (bzImage)
 #   linux.uml          Debian's User-Mode Linux kernel; the same initramfs boots under it
 #   initramfs.cpio.gz  cpio newc, gzip -n; byte-identical for identical inputs
@@ -31,6 +32,9 @@ KERNEL_META=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 BUSYBOX_PKG=busybox-static
 QGA_PKG=qemu-guest-agent
 UML_PKG=user-mode-linux
+PASSWD_PKG=passwd
+# PAM module chpasswd uses (etc/pam.d/chpasswd); libpam's module directory on this machine.
+PAM_UNIX=/lib/x86_64-linux-gnu/security/pam_unix.so
 # Modules the guest needs; any that the kernel has built in are skipped, dependencies are added.
 WANT_MODULES=(virtio virtio_ring virtio_pci virtio_mmio virtio_console virtio_blk loop button evdev)
 # The same initramfs also boots Debian's User-Mode Linux kernel (virtio_uml is built in there).
@@ -146,11 +150,14 @@ QGA_VER=$(pkg_version "$QGA_PKG")
 QGA_DEB=$(fetch_deb "$QGA_PKG" "$QGA_VER")
 UML_VER=$(pkg_version "$UML_PKG")
 UML_DEB=$(fetch_deb "$UML_PKG" "$UML_VER")
+PASSWD_VER=$(pkg_version "$PASSWD_PKG")
+PASSWD_DEB=$(fetch_deb "$PASSWD_PKG" "$PASSWD_VER")
 
 KDIR=$(extract_deb "$KDEB")
 BBDIR=$(extract_deb "$BB_DEB")
 QGADIR=$(extract_deb "$QGA_DEB")
 UMLDIR=$(extract_deb "$UML_DEB")
+PASSWDDIR=$(extract_deb "$PASSWD_DEB")
 
 VMLINUZ=$(find "$KDIR/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | sed -n 1p)
 [ -n "$VMLINUZ" ] || die "$KPKG contains no /boot/vmlinuz-*"
@@ -163,6 +170,9 @@ QGA_BIN="$QGADIR/usr/sbin/qemu-ga"
 [ -x "$QGA_BIN" ] || die "$QGA_PKG contains no /usr/sbin/qemu-ga"
 UML_BIN="$UMLDIR/usr/bin/linux.uml"
 [ -x "$UML_BIN" ] || die "$UML_PKG contains no /usr/bin/linux.uml"
+CHPASSWD_BIN="$PASSWDDIR/usr/sbin/chpasswd"
+[ -x "$CHPASSWD_BIN" ] || die "$PASSWD_PKG contains no /usr/sbin/chpasswd"
+[ -f "$PAM_UNIX" ] || die "$PAM_UNIX is missing (apt-get install libpam-modules)"
 UML_REL=$(find "$UMLDIR/usr/lib/uml/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | sed -n 1p)
 [ -n "$UML_REL" ] || die "$UML_PKG contains no /usr/lib/uml/modules/<release>"
 
@@ -227,6 +237,11 @@ $(grep 'not found' <<<"$out")"
 }
 # (A command substitution, not a process substitution: a die inside must stop the build.)
 ELF_LIST=$( { elf_libs "$QGA_BIN"
+              elf_libs "$CHPASSWD_BIN"
+              # A shared object has no interpreter: list its libraries (and itself) directly.
+              echo "$PAM_UNIX"
+              out=$(ldd "$PAM_UNIX" 2>&1) || die "ldd $PAM_UNIX failed: $out"
+              sed -n 's/.*=> \(\/[^ ]*\) (0x.*/\1/p' <<<"$out"
               for n in "${!AGENT_PATHS[@]}"; do elf_libs "${AGENT_PATHS[$n]}"; done
             } | sort -u)
 while IFS= read -r l; do [ -n "$l" ] && ELF_LIBS+=("$l"); done <<<"$ELF_LIST"
@@ -253,7 +268,7 @@ inputs() {
         if [ -x "$f" ]; then mode=0755; else mode=0644; fi
         echo "rootfs $f $mode $(sha "$f")"
     done)
-    for d in "$KMETA_DEB" "$KDEB" "$BB_DEB" "$QGA_DEB" "$UML_DEB"; do echo "deb $(basename "$d") $(sha "$d")"; done
+    for d in "$KMETA_DEB" "$KDEB" "$BB_DEB" "$QGA_DEB" "$UML_DEB" "$PASSWD_DEB"; do echo "deb $(basename "$d") $(sha "$d")"; done
     for l in "${ELF_LIBS[@]+"${ELF_LIBS[@]}"}"; do echo "lib $l $(sha "$l")"; done
     for n in $(printf '%s\n' "${!AGENT_PATHS[@]}" | sort); do echo "agent $n $(sha "${AGENT_PATHS[$n]}")"; done
     mkfs.ext4 -V 2>&1 | sed -n 1p
@@ -300,7 +315,10 @@ while IFS= read -r f; do
     install -m "$mode" "$HERE/rootfs/$f" "$R/$f"
 done < <(cd "$HERE/rootfs" && find . -type f | sed 's#^\./##' | sort)
 
+# /etc/shadow holds password hashes: not world-readable (the overlay is installed 0644).
+chmod 0640 "$R/etc/shadow"
 install -m 0755 "$QGA_BIN" "$R/usr/sbin/qemu-ga"
+install -m 0755 "$CHPASSWD_BIN" "$R/usr/sbin/chpasswd"
 for n in $(printf '%s\n' "${!AGENT_PATHS[@]}" | sort); do
     install -m 0755 "${AGENT_PATHS[$n]}" "$R/usr/bin/$n"
 done
@@ -360,6 +378,7 @@ find "$R" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     echo "package $BUSYBOX_PKG $BB_VER"
     echo "package $QGA_PKG $QGA_VER"
     echo "package $UML_PKG $UML_VER"
+    echo "package $PASSWD_PKG $PASSWD_VER"
     echo "uml-kernel-release $UML_REL"
     for l in "${ELF_LIBS[@]+"${ELF_LIBS[@]}"}"; do echo "library $l $(lib_package "$l") $(sha "$l")"; done
     for n in $(printf '%s\n' "${!AGENT_PATHS[@]}" | sort); do

@@ -13,8 +13,13 @@ import base64
 import hashlib
 import os
 import time
+import warnings
 
 import pytest
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import crypt  # glibc crypt(3): checks the guest's SHA-512 hashes (deprecated, still in 3.11/3.12)
 
 from guest_vm import BootedGuest, rootfs_file
 from guest_qga import QgaError
@@ -211,6 +216,50 @@ def test_agent_restarted_after_it_dies(booted):
     assert f"agent {guest.agent} exited" in guest.console()
     qga.sync(timeout=60)
     assert qga.execute("guest-ping") == {}
+
+
+def shadow_entry(booted: BootedGuest, user: str = "root") -> list[str]:
+    """The user's /etc/shadow fields, read inside the guest with guest-file-read."""
+    qga = booted.qga
+    handle = qga.execute("guest-file-open", {"path": "/etc/shadow", "mode": "r"})
+    try:
+        text = unb64(qga.execute("guest-file-read", {"handle": handle, "count": 65536})["buf-b64"])
+    finally:
+        assert qga.execute("guest-file-close", {"handle": handle}) == {}
+    for line in text.decode().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return fields
+    raise AssertionError(f"no {user} in the guest's /etc/shadow:\n{text.decode()}")
+
+
+def test_set_user_password(booted):
+    """guest-set-user-password runs the guest's chpasswd (Debian's, with PAM's pam_unix for plain
+    passwords and -e for crypted ones); the new hash lands in the guest's /etc/shadow."""
+    qga = booted.qga
+    before = shadow_entry(booted)
+    password = "virt Agent-1 \u00e9"
+    assert qga.execute("guest-set-user-password", {
+        "username": "root", "password": b64(password.encode()), "crypted": False}) == {}
+    plain = shadow_entry(booted)
+    assert plain[1] != before[1]
+    assert plain[1].startswith("$6$"), plain  # SHA-512, as etc/pam.d/chpasswd asks
+    assert crypt.crypt(password, plain[1]) == plain[1], "the stored hash is the password's"
+    days = int(unb64(run(booted, "/bin/sh", ["-c", "echo $(( $(date +%s) / 86400 ))"])["out-data"]))
+    assert int(plain[2]) == days, plain  # date of last change updated by chpasswd
+
+    hashed = crypt.crypt("another secret", "$6$virtagentsalt$")
+    assert qga.execute("guest-set-user-password", {
+        "username": "root", "password": b64(hashed.encode()), "crypted": True}) == {}
+    assert shadow_entry(booted)[1] == hashed, "a crypted password is stored verbatim"
+
+    with pytest.raises(QgaError) as err:
+        qga.execute("guest-set-user-password", {
+            "username": "nosuchuser", "password": b64(b"x"), "crypted": False})
+    assert err.value.cls == "GenericError"
+    assert shadow_entry(booted)[1] == hashed
+    mode = unb64(run(booted, "/bin/stat", ["-c", "%a", "/etc/shadow"])["out-data"]).decode().strip()
+    assert mode == "640", "chpasswd keeps /etc/shadow private"
 
 
 def test_shutdown(booted):
