@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::{class, have_qemu_ga, ret, temp_dir, AgentProc, Client, Kind};
 use serde_json::{json, Value};
 
@@ -425,4 +426,63 @@ fn frozen_marker_survives_restart_until_thaw() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Many children at once, exiting in a different order than started, some
+/// with captured output: each one's own status and output is reported (the
+/// single reaper thread waits for exactly its children), and none is left
+/// behind as a zombie once reported.
+#[test]
+fn many_concurrent_children_are_each_reaped_with_their_status() {
+    concurrent_children(Kind::Virtagent);
+    // The reference behaves the same (skipped where qemu-ga is missing, see have_qemu_ga).
+    if have_qemu_ga() {
+        concurrent_children(Kind::QemuGa);
+    }
+}
+
+fn concurrent_children(kind: Kind) {
+    let agent = AgentProc::start(kind, "reaper", &[]);
+    let mut c = agent.connect();
+    let n = 60;
+    let mut pids = Vec::new();
+    for i in 0..n {
+        // Later children exit first (sleep shrinks with i).
+        let script = format!("sleep 0.{:02}; echo out{i}; exit {}", (n - i) % 100, i % 7);
+        let capture = i % 2 == 0;
+        let r = c.cmd(
+            "guest-exec",
+            json!({"path": "/bin/sh", "arg": ["-c", script], "capture-output": capture}),
+        );
+        pids.push((ret(&r)["pid"].as_i64().expect("pid"), i, capture));
+    }
+    let t0 = Instant::now();
+    for (pid, i, capture) in pids {
+        let st = loop {
+            let st = c.cmd("guest-exec-status", json!({"pid": pid}));
+            if ret(&st)["exited"] == json!(true) {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "child {i} not reaped: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(ret(&st)["exitcode"], json!(i % 7), "{st}");
+        if capture {
+            let out = format!("out{i}\n");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(out);
+            assert_eq!(ret(&st)["out-data"], json!(b64), "{st}");
+        } else {
+            assert!(ret(&st).get("out-data").is_none(), "{st}");
+        }
+        // Reported once: the pid is forgotten, and the process is gone (no zombie).
+        let again = c.cmd("guest-exec-status", json!({"pid": pid}));
+        assert_eq!(class(&again), "GenericError", "{again}");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} left behind"
+        );
+    }
 }
