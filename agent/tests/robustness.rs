@@ -435,7 +435,7 @@ fn frozen_marker_survives_restart_until_thaw() {
 #[test]
 fn many_concurrent_children_are_each_reaped_with_their_status() {
     concurrent_children(Kind::Virtagent);
-    // The reference behaves the same (skipped where qemu-ga is missing, see have_qemu_ga).
+    // The reference behaves the same (have_qemu_ga: fails loudly where it is missing).
     if have_qemu_ga() {
         concurrent_children(Kind::QemuGa);
     }
