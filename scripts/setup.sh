@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(qemu-guest-agent qemu-system-x86 socat busybox-static cpio user-mode-linux e2fsprogs python3-venv binutils)
+APT_PKGS=(qemu-guest-agent qemu-system-x86 socat busybox-static cpio user-mode-linux e2fsprogs python3-venv binutils libpam-modules)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
