@@ -2,7 +2,9 @@
  * tinyguest: a minimal x86-64 guest kernel for testing the vmm on slow (emulating) KVM hosts.
  *
  * It is loaded as an ELF kernel and entered exactly as a Linux vmlinux/bzImage is: in 64-bit
- * long mode on the VMM's page tables and GDT, %rsi = boot params ("zero page"). It then
+ * long mode on the VMM's page tables and GDT, %rsi = boot params ("zero page"). Built with
+ * -DTINYGUEST_PVH it carries a PVH note and is entered at pvh_start instead (32-bit, paging off,
+ * %ebx = hvm_start_info), sets up long mode itself and reads the start_info. It then
  *   1. prints on COM1 (8250 at 0x3f8),
  *   2. finds the ACPI tables the VMM built (RSDP by the BIOS-area scan, checked against the
  *      boot params' acpi_rsdp_addr) and walks RSDP -> XSDT -> FADT -> DSDT,
@@ -29,12 +31,95 @@ __attribute__((section(".text.entry"), naked, noreturn)) void _start(void)
     __asm__ volatile(
         "lea stack_top(%rip), %rsp\n"
         "mov %rsi, %rdi\n"
+        "xor %esi, %esi\n"
         "call tiny_main\n"
         "1: cli; hlt; jmp 1b\n");
 }
 
 uint8_t stack[16384] __attribute__((aligned(16), used));
 __asm__(".globl stack_top\n.set stack_top, stack + 16384\n");
+
+/* ---- PVH entry (tinyguest-pvh.elf): the VMM enters pvh_start, named by the ELF note
+   XEN_ELFNOTE_PHYS32_ENTRY, in 32-bit protected mode with flat segments and paging off, %ebx =
+   hvm_start_info. The stub records CR0/EFER as found, identity-maps 0-4 GiB with 2 MiB pages,
+   enters long mode on its own GDT and calls tiny_main(NULL, start_info). ---- */
+uint8_t pvh_tables[6 * 4096] __attribute__((aligned(4096), used)); /* PML4, PDPT, 4 PDs */
+volatile uint32_t pvh_entry_cr0, pvh_entry_efer, pvh_entry_cs;
+__asm__(
+    ".text\n"
+    ".code32\n"
+    ".globl pvh_start\n"
+    "pvh_start:\n"
+    "  cli\n"
+    "  cld\n"
+    "  mov %ebx, %esi\n"
+    "  mov %cr0, %eax\n"
+    "  mov %eax, pvh_entry_cr0\n"
+    "  mov %cs, %eax\n"
+    "  mov %eax, pvh_entry_cs\n"
+    "  mov $0xc0000080, %ecx\n"
+    "  rdmsr\n"
+    "  mov %eax, pvh_entry_efer\n"
+    "  mov $pvh_tables, %edi\n"
+    "  xor %eax, %eax\n"
+    "  mov $(6 * 1024), %ecx\n"
+    "  rep stosl\n"
+    "  movl $(pvh_tables + 0x1000 + 3), pvh_tables\n"
+    "  mov $(pvh_tables + 0x1000), %edi\n"
+    "  mov $(pvh_tables + 0x2000 + 3), %eax\n"
+    "  mov $4, %ecx\n"
+    "1: mov %eax, (%edi)\n"
+    "  add $0x1000, %eax\n"
+    "  add $8, %edi\n"
+    "  loop 1b\n"
+    "  mov $(pvh_tables + 0x2000), %edi\n"
+    "  mov $0x83, %eax\n"                   /* present, writable, 2 MiB */
+    "  mov $2048, %ecx\n"
+    "2: mov %eax, (%edi)\n"
+    "  add $0x200000, %eax\n"
+    "  add $8, %edi\n"
+    "  loop 2b\n"
+    "  mov %cr4, %eax\n"
+    "  or $0x20, %eax\n"                    /* PAE */
+    "  mov %eax, %cr4\n"
+    "  mov $pvh_tables, %eax\n"
+    "  mov %eax, %cr3\n"
+    "  mov $0xc0000080, %ecx\n"
+    "  rdmsr\n"
+    "  or $0x100, %eax\n"                   /* EFER.LME */
+    "  wrmsr\n"
+    "  lgdt pvh_gdtr\n"
+    "  mov %cr0, %eax\n"
+    "  or $0x80000001, %eax\n"              /* PG */
+    "  mov %eax, %cr0\n"
+    "  ljmp $0x08, $pvh_long\n"
+    ".code64\n"
+    "pvh_long:\n"
+    "  mov $0x10, %eax\n"
+    "  mov %eax, %ds\n"
+    "  mov %eax, %es\n"
+    "  mov %eax, %ss\n"
+    "  mov %eax, %fs\n"
+    "  mov %eax, %gs\n"
+    "  lea stack_top(%rip), %rsp\n"
+    "  mov %esi, %esi\n"
+    "  xor %edi, %edi\n"
+    "  call tiny_main\n"
+    "3: cli; hlt; jmp 3b\n"
+    ".section .rodata\n"
+    ".balign 8\n"
+    "pvh_gdt: .quad 0, 0x00af9b000000ffff, 0x00cf93000000ffff\n"
+    "pvh_gdtr: .word 23\n"
+    "  .long pvh_gdt\n"
+#ifdef TINYGUEST_PVH
+    /* The PVH note: name "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (18), the 32-bit entry. */
+    ".section .note.Xen, \"a\", @note\n"
+    ".balign 4\n"
+    ".long 4, 4, 18\n"
+    ".asciz \"Xen\"\n"
+    ".long pvh_start\n"
+#endif
+    ".text\n");
 
 /* ---- interrupts: IDT with a fatal stub for exceptions, a counting stub for vector 0x30 and a
    spurious stub for the rest; both non-fatal stubs send the LAPIC EOI. ---- */
@@ -343,8 +428,9 @@ static void acpi_reset(const uint8_t *fadt)
     fail("still running long after the reset");
 }
 
-void tiny_main(const uint8_t *boot_params);
-void tiny_main(const uint8_t *boot_params)
+/* Entered with boot params (64-bit boot protocol) or, through the PVH stub, with start_info. */
+void tiny_main(const uint8_t *boot_params, const uint8_t *start_info);
+void tiny_main(const uint8_t *boot_params, const uint8_t *start_info)
 {
     /* Memory is not cleared on a reset: start from clean driver state. */
     memset(queues, 0, sizeof(queues));
@@ -362,21 +448,47 @@ void tiny_main(const uint8_t *boot_params)
     puts_(" efer="); puthex(efer_lo); puts_(")\n");
     if (!(efer_lo & 0x400)) fail("not in long mode");
 
-    const char *cmdline = (const char *)(uintptr_t)rd32(boot_params + 0x228);
-    puts_("tinyguest: command line: "); puts_(cmdline ? cmdline : "(none)"); puts_("\n");
-    uint32_t e820_n = boot_params[0x1e8];
-    uint64_t ram = 0;
-    for (uint32_t i = 0; i < e820_n && i < 128; i++) {
-        const uint8_t *e = boot_params + 0x2d0 + 20 * i;
-        if (rd32(e + 16) == 1) ram += rd64(e + 8);
+    const char *cmdline;
+    uint32_t e820_n;
+    uint64_t ram = 0, bp_rsdp;
+    if (start_info) {
+        puts_("tinyguest: PVH entry: cs="); puthex(pvh_entry_cs); puts_(" cr0="); puthex(pvh_entry_cr0);
+        puts_(" efer="); puthex(pvh_entry_efer); puts_(", start_info at "); puthex((uintptr_t)start_info);
+        puts_("\n");
+        if ((pvh_entry_cr0 & 0x80000001) != 1) fail("PVH entry not in protected mode with paging off");
+        if (rd32(start_info) != 0x336ec578) fail("bad hvm_start_info magic");
+        puts_("tinyguest: hvm_start_info version "); putdec(rd32(start_info + 4)); puts_(", ");
+        putdec(rd32(start_info + 12)); puts_(" modules");
+        if (rd32(start_info + 12)) {
+            const uint8_t *mod = (const uint8_t *)(uintptr_t)rd64(start_info + 16);
+            puts_(" (module 0: "); putdec(rd64(mod + 8)); puts_(" bytes at "); puthex(rd64(mod)); puts_(")");
+        }
+        puts_("\n");
+        cmdline = (const char *)(uintptr_t)rd64(start_info + 24);
+        e820_n = rd32(start_info + 48);
+        const uint8_t *map = (const uint8_t *)(uintptr_t)rd64(start_info + 40);
+        for (uint32_t i = 0; map && i < e820_n && i < 128; i++) {
+            const uint8_t *e = map + 24 * i;
+            if (rd32(e + 16) == 1) ram += rd64(e + 8);
+        }
+        bp_rsdp = rd64(start_info + 32);
+    } else {
+        cmdline = (const char *)(uintptr_t)rd32(boot_params + 0x228);
+        e820_n = boot_params[0x1e8];
+        for (uint32_t i = 0; i < e820_n && i < 128; i++) {
+            const uint8_t *e = boot_params + 0x2d0 + 20 * i;
+            if (rd32(e + 16) == 1) ram += rd64(e + 8);
+        }
+        bp_rsdp = rd64(boot_params + 0x70);
     }
+    puts_("tinyguest: command line: "); puts_(cmdline ? cmdline : "(none)"); puts_("\n");
     puts_("tinyguest: e820: "); putdec(e820_n); puts_(" entries, "); putdec(ram >> 20); puts_(" MiB RAM\n");
 
     const uint8_t *rsdp = find_rsdp();
     if (!rsdp) fail("no RSDP in 0xe0000-0xfffff");
-    uint64_t bp_rsdp = rd64(boot_params + 0x70);
-    puts_("tinyguest: RSDP at "); puthex((uintptr_t)rsdp); puts_(" (boot params say "); puthex(bp_rsdp); puts_(")\n");
-    if (bp_rsdp != (uintptr_t)rsdp) fail("boot params' acpi_rsdp_addr disagrees with the scan");
+    puts_("tinyguest: RSDP at "); puthex((uintptr_t)rsdp); puts_(start_info ? " (start_info says " : " (boot params say ");
+    puthex(bp_rsdp); puts_(")\n");
+    if (bp_rsdp != (uintptr_t)rsdp) fail("the boot protocol's RSDP address disagrees with the scan");
     const uint8_t *xsdt = table(rd64(rsdp + 24), "XSDT");
     if (!xsdt) fail("no XSDT");
     const uint8_t *fadt = 0, *madt = 0;

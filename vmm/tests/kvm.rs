@@ -283,7 +283,73 @@ fn guest_power_off_ends_the_vm_elf_and_bzimage() {
         ] {
             assert!(serial.contains(line), "{}: {serial}", kernel.display());
         }
+        // Neither carries a PVH note: both take the 64-bit entry.
+        assert!(!serial.contains("PVH entry"), "{serial}");
     }
+}
+
+/// The tiny guest built as a PVH ELF (XEN_ELFNOTE_PHYS32_ENTRY note) is entered through the PVH
+/// boot protocol: 32-bit protected mode with paging off at the note's entry, %ebx = the
+/// hvm_start_info, whose command line, memory map, initrd module and RSDP it reads; it then
+/// sets up long mode itself and reaches the same checkpoints (ACPI discovery, the device
+/// handshake, PORT_OPEN seen as VSERPORT_CHANGE); system_reset enters it through PVH again and
+/// the power button powers it off.
+#[test]
+fn tiny_guest_boots_through_pvh() {
+    let Some(elf) = prerequisites() else { return };
+    let pvh = elf.with_file_name("tinyguest-pvh.elf");
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, vec![0x5au8; 12345]).unwrap();
+    let mut vm = start_vm(
+        dir.path(),
+        &pvh,
+        "console=ttyS0",
+        &["-smp", "2", "-initrd", initrd.to_str().unwrap()],
+    );
+    let mut c = vm.client();
+    let ev = wait_port_change(&mut c, true);
+    assert_eq!(ev["data"]["id"], "agentport");
+    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
+    let serial = vm.serial_text();
+    for line in [
+        "tinyguest: PVH entry: cs=0x28 cr0=0x11 efer=0x0, start_info at 0x6000",
+        "tinyguest: hvm_start_info version 1, 1 modules (module 0: 12345 bytes at ",
+        "tinyguest: hello from 64-bit long mode",
+        "tinyguest: command line: console=ttyS0",
+        "tinyguest: e820: 3 entries, 63 MiB RAM",
+        "tinyguest: RSDP at 0xe0000 (start_info says 0xe0000)",
+        "(2 CPUs)",
+        "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
+        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+        "tinyguest: interrupt status 0x1, ",
+        " interrupts on vector 0x30, 0 others",
+    ] {
+        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
+    }
+    assert!(!serial.contains("FAIL"), "{serial}");
+
+    c.execute("system_reset", Value::Null).unwrap().unwrap();
+    c.wait_event("RESET", Duration::from_secs(5)).unwrap();
+    wait_port_change(&mut c, false);
+    wait_port_change(&mut c, true);
+    vm.wait_serial("tinyguest: port 1 open", 2, Duration::from_secs(30));
+    vm.wait_serial(
+        "tinyguest: PVH entry: cs=0x28 cr0=0x11 ",
+        2,
+        Duration::from_secs(1),
+    );
+
+    vm.wait_serial("tinyguest: serial input on", 2, Duration::from_secs(30));
+    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
+    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
+    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        ev["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(!vm.serial_text().contains("FAIL"), "{}", vm.serial_text());
 }
 
 /// Runs vmm with `args`; returns (exit code, stderr).
