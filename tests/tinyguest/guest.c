@@ -8,6 +8,8 @@
  *   1. prints on COM1 (8250 at 0x3f8),
  *   2. finds the ACPI tables the VMM built (RSDP by the BIOS-area scan, checked against the
  *      boot params' acpi_rsdp_addr) and walks RSDP -> XSDT -> FADT -> DSDT,
+ *      With more than one CPU in the MADT, starts the first AP with INIT/SIPI through the LAPIC;
+ *      the AP runs a real-mode trampoline that prints its APIC id (from CPUID) on COM1,
  *   3. finds the virtio-mmio device in the DSDT (_HID "LNRO0005" with Memory32Fixed and
  *      Extended Interrupt resources),
  *   4. drives the virtio-serial device as Linux's virtio_console does, through the MMIO
@@ -229,6 +231,53 @@ static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi)
     route_gsi(lapic, ioapic, gsi, VIRTIO_VECTOR);
 }
 
+/* ---- SMP: the AP's real-mode trampoline, copied to AP_TRAMPOLINE (SIPI vector 3). The AP starts
+   there at CS:IP = 0x0300:0000 after INIT/SIPI, reads its APIC id with CPUID, prints a line on
+   COM1, records "started | id" in ap_flag for the BSP and halts. ---- */
+#define AP_TRAMPOLINE 0x3000
+__asm__(
+    ".text\n"
+    ".code16\n"
+    ".globl ap_tramp_start, ap_tramp_flag, ap_tramp_end\n"
+    "ap_tramp_start:\n"
+    "  cli\n"
+    "  mov %cs, %ax\n"
+    "  mov %ax, %ds\n"
+    "  mov $1, %eax\n"
+    "  cpuid\n"
+    "  shr $24, %ebx\n"
+    "  mov %bx, %cx\n"
+    "  and $15, %bx\n"
+    "  mov (ap_tramp_hex - ap_tramp_start)(%bx), %al\n"
+    "  mov %al, (ap_tramp_digit - ap_tramp_start)\n"
+    "  mov $(ap_tramp_msg - ap_tramp_start), %si\n"
+    "1: lodsb\n"
+    "  test %al, %al\n"
+    "  jz 3f\n"
+    "  mov %al, %bl\n"
+    "  mov $0x3fd, %dx\n"
+    "2: in %dx, %al\n"
+    "  test $0x20, %al\n"
+    "  jz 2b\n"
+    "  mov $0x3f8, %dx\n"
+    "  mov %bl, %al\n"
+    "  out %al, %dx\n"
+    "  jmp 1b\n"
+    "3: or $0x100, %cx\n"
+    "  mov %cx, (ap_tramp_flag - ap_tramp_start)\n"
+    "4: cli\n"
+    "  hlt\n"
+    "  jmp 4b\n"
+    "ap_tramp_hex: .ascii \"0123456789abcdef\"\n"
+    "ap_tramp_msg: .ascii \"tinyguest: AP up in real mode, APIC id 0x\"\n"
+    "ap_tramp_digit: .ascii \"?\"\n"
+    "  .asciz \"\\r\\n\"\n"
+    ".balign 4\n"
+    "ap_tramp_flag: .long 0\n"
+    "ap_tramp_end:\n"
+    ".code64\n");
+extern char ap_tramp_start[], ap_tramp_flag[], ap_tramp_end[];
+
 /* ---- small helpers ---- */
 static int memeq(const void *a, const void *b, size_t n)
 {
@@ -429,6 +478,29 @@ static void acpi_reset(const uint8_t *fadt)
 }
 
 /* Entered with boot params (64-bit boot protocol) or, through the PVH stub, with start_info. */
+/* Starts the AP `id` with INIT and two SIPIs (vector AP_TRAMPOLINE >> 12) through the LAPIC's
+   ICR, as a BIOS/Linux does, and waits until the trampoline reports in. */
+static void start_ap(uint64_t lapic, uint32_t id)
+{
+    uint8_t *t = (uint8_t *)(uintptr_t)AP_TRAMPOLINE;
+    volatile uint32_t *flag = (volatile uint32_t *)(t + (ap_tramp_flag - ap_tramp_start));
+    memcpy(t, ap_tramp_start, (size_t)(ap_tramp_end - ap_tramp_start));
+    *flag = 0;
+    __asm__ volatile("mfence" ::: "memory");
+    puts_("tinyguest: starting AP "); putdec(id); puts_(" (INIT, SIPI vector "); puthex(AP_TRAMPOLINE >> 12);
+    puts_(")\n");
+    const uint32_t icr[] = {0x4500, 0x8500, 0x4600 | (AP_TRAMPOLINE >> 12), 0x4600 | (AP_TRAMPOLINE >> 12)};
+    for (int i = 0; i < 4 && !*flag; i++) {
+        for (int w = 0; w < 100000 && (mmio_r32(lapic + 0x300) & 0x1000); w++) __asm__ volatile("pause");
+        mmio_w32(lapic + 0x310, id << 24);
+        mmio_w32(lapic + 0x300, icr[i]);
+        for (volatile int w = 0; w < 2000; w++) __asm__ volatile("pause");
+    }
+    for (uint64_t i = 0; i < 200000000ull && !*flag; i++) __asm__ volatile("pause");
+    if (!*flag) fail("the AP did not start");
+    puts_("tinyguest: AP with APIC id "); putdec(*flag & 0xff); puts_(" started\n");
+}
+
 void tiny_main(const uint8_t *boot_params, const uint8_t *start_info);
 void tiny_main(const uint8_t *boot_params, const uint8_t *start_info)
 {
@@ -508,6 +580,11 @@ void tiny_main(const uint8_t *boot_params, const uint8_t *start_info)
     for (uint32_t off = 44; off + 2 <= rd32(madt + 4); off += madt[off + 1])
         if (madt[off] == 1 && !ioapic) ioapic = rd32(madt + off + 4);
     if (!ioapic) fail("no IOAPIC in the MADT");
+    uint32_t ap_id = 0xffffffffu;
+    for (uint32_t off = 44; off + 2 <= rd32(madt + 4); off += madt[off + 1])
+        if (madt[off] == 0 && (rd32(madt + off + 4) & 1) && madt[off + 3] != mmio_r32(lapic + 0x20) >> 24
+            && ap_id == 0xffffffffu)
+            ap_id = madt[off + 3];
     const uint8_t *dsdt = table(rd64(fadt + 140) ? rd64(fadt + 140) : rd32(fadt + 40), "DSDT");
     if (!dsdt) fail("no DSDT");
     puts_("tinyguest: ACPI: XSDT "); puthex((uintptr_t)xsdt); puts_(", FADT "); puthex((uintptr_t)fadt);
@@ -524,6 +601,7 @@ void tiny_main(const uint8_t *boot_params, const uint8_t *start_info)
     puts_("tinyguest: IOAPIC "); puthex(ioapic); puts_(" pin "); putdec(dev.gsi); puts_(" -> vector ");
     puthex(VIRTIO_VECTOR); puts_(", LAPIC "); puthex(lapic); puts_("\n");
     use_irq = 1;
+    if (ap_id != 0xffffffffu) start_ap(lapic, ap_id);
 
     mmio = (volatile uint32_t *)(uintptr_t)dev.base;
     if (rreg(0) != 0x74726976) fail("bad virtio-mmio magic");

@@ -1,7 +1,8 @@
 //! The KVM machine on this host's KVM, with the tiny test guest (tests/tinyguest, built here
-//! from source with gcc and ld): long-mode boot, serial output, ACPI discovery of the
-//! virtio-mmio device, the virtio-serial handshake up to PORT_OPEN seen by a QMP client, machine
-//! control (stop/cont/system_reset/quit), guest power-off; and one-line errors for bad input.
+//! from source with gcc and ld): long-mode and PVH boot, SMP bring-up (INIT/SIPI), serial
+//! output, ACPI discovery of the virtio-mmio device, the virtio-serial handshake up to PORT_OPEN
+//! seen by a QMP client, machine control (stop/cont/system_reset/quit), guest power-off; and
+//! one-line errors for bad input.
 //!
 //! Without a usable /dev/kvm (or without gcc/ld) each test prints "skipped: <reason>".
 
@@ -177,6 +178,9 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
         "tinyguest: hello from 64-bit long mode",
         "tinyguest: RSDP at 0xe0000 (boot params say 0xe0000)",
         "(2 CPUs)",
+        // SMP: the BSP starts the AP through the LAPIC (INIT, SIPI); the AP itself prints.
+        "tinyguest: starting AP 1 (INIT, SIPI vector 0x3)\r\ntinyguest: AP up in real mode, APIC id 0x1\r\n",
+        "tinyguest: AP with APIC id 1 started",
         "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
         "virtio_mmio.device=512@0xd0000000:5",
         "tinyguest: <- DEVICE_ADD id=1 value=1",
@@ -229,6 +233,12 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
         2,
         Duration::from_secs(1),
     );
+    // The reset put the AP back in wait-for-SIPI: the new boot starts it again.
+    vm.wait_serial(
+        "tinyguest: AP up in real mode, APIC id 0x1",
+        2,
+        Duration::from_secs(1),
+    );
 
     // A reset while paused keeps the VM paused until cont.
     c.execute("stop", Value::Null).unwrap().unwrap();
@@ -244,6 +254,11 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     assert_eq!(status(&mut c), "paused");
     c.execute("cont", Value::Null).unwrap().unwrap();
     vm.wait_serial("tinyguest: port 1 open", 3, Duration::from_secs(30));
+    vm.wait_serial(
+        "tinyguest: AP up in real mode, APIC id 0x1",
+        3,
+        Duration::from_secs(1),
+    );
 
     c.execute("quit", Value::Null).unwrap().unwrap();
     let ev = c.wait_event("SHUTDOWN", Duration::from_secs(5)).unwrap();
@@ -285,6 +300,8 @@ fn guest_power_off_ends_the_vm_elf_and_bzimage() {
         }
         // Neither carries a PVH note: both take the 64-bit entry.
         assert!(!serial.contains("PVH entry"), "{serial}");
+        // One vCPU: no AP to start.
+        assert!(!serial.contains("starting AP"), "{serial}");
     }
 }
 
@@ -320,6 +337,7 @@ fn tiny_guest_boots_through_pvh() {
         "tinyguest: e820: 3 entries, 63 MiB RAM",
         "tinyguest: RSDP at 0xe0000 (start_info says 0xe0000)",
         "(2 CPUs)",
+        "tinyguest: AP up in real mode, APIC id 0x1",
         "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
         &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
         "tinyguest: interrupt status 0x1, ",
@@ -329,6 +347,7 @@ fn tiny_guest_boots_through_pvh() {
     }
     assert!(!serial.contains("FAIL"), "{serial}");
 
+    vm.wait_serial("tinyguest: serial input on", 1, Duration::from_secs(30));
     c.execute("system_reset", Value::Null).unwrap().unwrap();
     c.wait_event("RESET", Duration::from_secs(5)).unwrap();
     wait_port_change(&mut c, false);
@@ -453,7 +472,15 @@ fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
     let vm = start_vm(dir.path(), &kernel, "tinyguest.reboot", &[]);
     let mut c = vm.client();
     for _ in 0..2 {
-        let ev = c.wait_event("RESET", Duration::from_secs(60)).unwrap();
+        let ev = c
+            .wait_event("RESET", Duration::from_secs(60))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no RESET: {e}; serial:\n{}\nvmm log:\n{}",
+                    vm.serial_text(),
+                    std::fs::read_to_string(&vm.log).unwrap_or_default()
+                )
+            });
         assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
     }
     vm.wait_serial(
@@ -509,7 +536,17 @@ fn serial_chardev_carries_output_and_input_with_interrupts() {
         .unwrap();
     let _vm = Proc { child, name: "vmm" };
     wait_for_path(&sock, Duration::from_secs(10));
-    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    // The socket file appears at bind(), a moment before listen(): retry briefly.
+    let t = Instant::now();
+    let mut s = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(_) if t.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("serial socket connect: {e}"),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut out = String::new();
     let read_until =
