@@ -138,6 +138,15 @@ __asm__(
     "  movl $0, (%rax)\n"
     "  pop %rax\n"
     "  iretq\n"
+    "irq_virtio_level:\n"              /* level-triggered (QEMU's microvm): ack the device first */
+    "  push %rax; push %rcx; push %rdx; push %rsi; push %rdi\n"
+    "  push %r8; push %r9; push %r10; push %r11\n"
+    "  call virtio_level_irq\n"
+    "  mov $0xfee000b0, %rax\n"
+    "  movl $0, (%rax)\n"
+    "  pop %r11; pop %r10; pop %r9; pop %r8\n"
+    "  pop %rdi; pop %rsi; pop %rdx; pop %rcx; pop %rax\n"
+    "  iretq\n"
     "irq_serial:\n"
     "  push %rax\n"
     "  lock incl serial_irq_count(%rip)\n"
@@ -161,7 +170,7 @@ __asm__(
     "  iretq\n"
     "irq_fault:\n"
     "  call tiny_fault\n");
-extern char irq_virtio[], irq_serial[], irq_ged[], irq_spurious[], irq_fault[];
+extern char irq_virtio[], irq_virtio_level[], irq_serial[], irq_ged[], irq_spurious[], irq_fault[];
 struct idt_entry { uint16_t off0, sel; uint8_t ist, type; uint16_t off1; uint32_t off2, zero; };
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 
@@ -208,27 +217,35 @@ static void set_gate(int v, void *handler)
 static void mmio_w32(uint64_t a, uint32_t v) { *(volatile uint32_t *)(uintptr_t)a = v; }
 static uint32_t mmio_r32(uint64_t a) { return *(volatile uint32_t *)(uintptr_t)a; }
 
-static void route_gsi(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t vector)
+/* `mode`: 0 = edge, active high; or IOAPIC_LEVEL / IOAPIC_LOW bits of the redirection entry. */
+#define IOAPIC_LOW (1u << 13)
+#define IOAPIC_LEVEL (1u << 15)
+static void route_gsi_mode(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t vector, uint32_t mode)
 {
     uint32_t apic_id = mmio_r32(lapic + 0x20) >> 24;
     mmio_w32(ioapic, 0x10 + 2 * gsi + 1);            /* redirection entry, high: destination */
     mmio_w32(ioapic + 0x10, apic_id << 24);
-    mmio_w32(ioapic, 0x10 + 2 * gsi);                /* low: fixed, physical, edge, high, unmasked */
-    mmio_w32(ioapic + 0x10, vector);
+    mmio_w32(ioapic, 0x10 + 2 * gsi);                /* low: fixed, physical, unmasked */
+    mmio_w32(ioapic + 0x10, vector | mode);
+}
+static void route_gsi(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t vector)
+{
+    route_gsi_mode(lapic, ioapic, gsi, vector, 0);
 }
 
-/* Routes `gsi` (edge, active high) to vector VIRTIO_VECTOR on this CPU through the IOAPIC. */
-static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi)
+/* Routes `gsi` (edge, active high, or as `mode` says) to vector VIRTIO_VECTOR on this CPU through
+   the IOAPIC. */
+static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t mode)
 {
     for (int v = 0; v < 256; v++) set_gate(v, v < 32 ? irq_fault : irq_spurious);
-    set_gate(VIRTIO_VECTOR, irq_virtio);
+    set_gate(VIRTIO_VECTOR, mode & IOAPIC_LEVEL ? irq_virtio_level : irq_virtio);
     set_gate(SERIAL_VECTOR, irq_serial);
     set_gate(GED_VECTOR, irq_ged);
     struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idtr = {sizeof(idt) - 1, (uintptr_t)idt};
     __asm__ volatile("lidt %0" ::"m"(idtr));
     outb(0x21, 0xff); outb(0xa1, 0xff);              /* mask the 8259s */
     mmio_w32(lapic + 0xf0, 0x100 | 0xff);            /* LAPIC on, spurious vector 0xff */
-    route_gsi(lapic, ioapic, gsi, VIRTIO_VECTOR);
+    route_gsi_mode(lapic, ioapic, gsi, VIRTIO_VECTOR, mode);
 }
 
 /* ---- SMP: the AP's real-mode trampoline, copied to AP_TRAMPOLINE (SIPI vector 3). The AP starts
@@ -321,7 +338,7 @@ static const uint8_t *table(uint64_t addr, const char *sig)
     return t;
 }
 
-struct mmio_dev { uint32_t base, len, gsi; int edge; };
+struct mmio_dev { uint32_t base, len, gsi; int edge, low; };
 
 /* Finds LNRO0005 in the DSDT and reads its Memory32Fixed (0x86) and Extended IRQ (0x89). */
 static int find_virtio_mmio(const uint8_t *dsdt, struct mmio_dev *d)
@@ -335,7 +352,7 @@ static int find_virtio_mmio(const uint8_t *dsdt, struct mmio_dev *d)
             if (!got_mem && r[0] == 0x86 && rd16(r + 1) == 9) {
                 d->base = rd32(r + 4); d->len = rd32(r + 8); got_mem = 1; j += 11;
             } else if (got_mem && r[0] == 0x89 && rd16(r + 1) >= 6 && r[4] >= 1) {
-                d->edge = (r[3] >> 1) & 1; d->gsi = rd32(r + 5); got_irq = 1; break;
+                d->edge = (r[3] >> 1) & 1; d->low = (r[3] >> 2) & 1; d->gsi = rd32(r + 5); got_irq = 1; break;
             }
         }
         if (got_mem && got_irq) return 1;
@@ -361,6 +378,17 @@ static int find_ged(const uint8_t *dsdt, uint32_t *gsi)
 static volatile uint32_t *mmio;
 static uint32_t rreg(uint32_t off) { return mmio[off / 4]; }
 static void wreg(uint32_t off, uint32_t v) { mmio[off / 4] = v; }
+
+/* The level-triggered interrupt: read and acknowledge the interrupt status (the line drops). */
+static volatile uint32_t level_isr;
+void virtio_level_irq(void);
+void virtio_level_irq(void)
+{
+    uint32_t isr = rreg(0x60);
+    if (isr) wreg(0x64, isr);
+    level_isr |= isr;
+    irq_count++;
+}
 
 #define QSZ 8
 struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
@@ -594,10 +622,9 @@ void tiny_main(const uint8_t *boot_params, const uint8_t *start_info)
     struct mmio_dev dev;
     if (!find_virtio_mmio(dsdt, &dev)) fail("no LNRO0005 device with resources in the DSDT");
     puts_("tinyguest: virtio-mmio (LNRO0005) at "); puthex(dev.base); puts_(" size "); puthex(dev.len);
-    puts_(" gsi "); putdec(dev.gsi); puts_(dev.edge ? " edge\n" : " level\n");
+    puts_(" gsi "); putdec(dev.gsi); puts_(dev.edge ? " edge" : " level"); puts_(dev.low ? " low\n" : "\n");
 
-    if (!dev.edge) fail("the virtio-mmio interrupt is not edge triggered");
-    setup_interrupts(lapic, ioapic, dev.gsi);
+    setup_interrupts(lapic, ioapic, dev.gsi, (dev.edge ? 0 : IOAPIC_LEVEL) | (dev.low ? IOAPIC_LOW : 0));
     puts_("tinyguest: IOAPIC "); puthex(ioapic); puts_(" pin "); putdec(dev.gsi); puts_(" -> vector ");
     puthex(VIRTIO_VECTOR); puts_(", LAPIC "); puthex(lapic); puts_("\n");
     use_irq = 1;
@@ -661,10 +688,10 @@ void tiny_main(const uint8_t *boot_params, const uint8_t *start_info)
        when we looked, the edge is pending in the LAPIC and is taken as soon as IF is set. */
     puts_("tinyguest: waiting for the device interrupt\n");
     while (irq_count == 0) __asm__ volatile("sti; hlt; cli" ::: "memory");
-    uint32_t isr = rreg(0x60);
+    uint32_t isr = dev.edge ? rreg(0x60) : level_isr;
     puts_("tinyguest: interrupt status "); puthex(isr); puts_(", "); putdec(irq_count);
     puts_(" interrupts on vector 0x30, "); putdec(spurious_count); puts_(" others\n");
-    wreg(0x64, isr);
+    if (dev.edge) wreg(0x64, isr);
     puts_("tinyguest: port "); putdec(port); puts_(" open\n");
 
     if (cmdline && (contains(cmdline, "tinyguest.poweroff") || contains(cmdline, "tinyguest.reboot"))) {

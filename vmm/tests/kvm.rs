@@ -681,3 +681,87 @@ fn start_paused_runs_nothing_until_cont() {
     vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
     c.execute("quit", Value::Null).unwrap().unwrap();
 }
+
+/// The PVH build is a real PVH kernel, not one only this VMM understands: QEMU's own PVH loader
+/// (`-kernel` with the ELF note, `-M microvm`) boots it to the same checkpoints, the guest reading
+/// QEMU's start_info, ACPI tables and virtio-mmio device (level-triggered there). Skipped without
+/// `qemu-system-x86_64`.
+#[test]
+fn the_pvh_tiny_guest_also_boots_on_qemu() {
+    let Some(elf) = prerequisites() else { return };
+    let qemu = "qemu-system-x86_64";
+    if Command::new(qemu).arg("--version").output().is_err() {
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("skipped: {qemu} not found\n"),
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    let log = dir.path().join("qemu.log");
+    let child = Command::new(qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "microvm,acpi=on,ioapic2=off",
+            "-global",
+            "virtio-mmio.force-legacy=false",
+            "-m",
+            "64M",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            &format!("file:{}", serial.display()),
+            "-kernel",
+            elf.with_file_name("tinyguest-pvh.elf").to_str().unwrap(),
+            "-append",
+            "console=ttyS0",
+            "-device",
+            "virtio-serial-device",
+            "-chardev",
+            "null,id=c0",
+            "-device",
+            &format!("virtserialport,chardev=c0,name={AGENT_PORT}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start qemu");
+    let mut proc = Proc {
+        child,
+        name: "qemu",
+    };
+    let text = || std::fs::read_to_string(&serial).unwrap_or_default();
+    let t = Instant::now();
+    while !text().contains("tinyguest: port 1 open") && !text().contains("FAIL") {
+        let exited = proc.child.try_wait().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(60) && exited.is_none(),
+            "QEMU ({exited:?}): no port open:\n{}\nQEMU's stderr:\n{}",
+            text(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proc.kill();
+    let serial = text();
+    for line in [
+        "tinyguest: PVH entry: cs=",
+        " cr0=0x11 efer=0x0, start_info at ",
+        "tinyguest: hello from 64-bit long mode",
+        " (start_info says ",
+        "(2 CPUs)",
+        "tinyguest: AP up in real mode, APIC id 0x1",
+        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+        "tinyguest: port 1 open",
+    ] {
+        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
+    }
+    assert!(!serial.contains("FAIL"), "{serial}");
+}
