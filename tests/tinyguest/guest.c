@@ -2,10 +2,14 @@
  * tinyguest: a minimal x86-64 guest kernel for testing the vmm on slow (emulating) KVM hosts.
  *
  * It is loaded as an ELF kernel and entered exactly as a Linux vmlinux/bzImage is: in 64-bit
- * long mode on the VMM's page tables and GDT, %rsi = boot params ("zero page"). It then
+ * long mode on the VMM's page tables and GDT, %rsi = boot params ("zero page"). Built with
+ * -DTINYGUEST_PVH it carries a PVH note and is entered at pvh_start instead (32-bit, paging off,
+ * %ebx = hvm_start_info), sets up long mode itself and reads the start_info. It then
  *   1. prints on COM1 (8250 at 0x3f8),
  *   2. finds the ACPI tables the VMM built (RSDP by the BIOS-area scan, checked against the
  *      boot params' acpi_rsdp_addr) and walks RSDP -> XSDT -> FADT -> DSDT,
+ *      With more than one CPU in the MADT, starts the first AP with INIT/SIPI through the LAPIC;
+ *      the AP runs a real-mode trampoline that prints its APIC id (from CPUID) on COM1,
  *   3. finds the virtio-mmio device in the DSDT (_HID "LNRO0005" with Memory32Fixed and
  *      Extended Interrupt resources),
  *   4. drives the virtio-serial device as Linux's virtio_console does, through the MMIO
@@ -29,12 +33,95 @@ __attribute__((section(".text.entry"), naked, noreturn)) void _start(void)
     __asm__ volatile(
         "lea stack_top(%rip), %rsp\n"
         "mov %rsi, %rdi\n"
+        "xor %esi, %esi\n"
         "call tiny_main\n"
         "1: cli; hlt; jmp 1b\n");
 }
 
 uint8_t stack[16384] __attribute__((aligned(16), used));
 __asm__(".globl stack_top\n.set stack_top, stack + 16384\n");
+
+/* ---- PVH entry (tinyguest-pvh.elf): the VMM enters pvh_start, named by the ELF note
+   XEN_ELFNOTE_PHYS32_ENTRY, in 32-bit protected mode with flat segments and paging off, %ebx =
+   hvm_start_info. The stub records CR0/EFER as found, identity-maps 0-4 GiB with 2 MiB pages,
+   enters long mode on its own GDT and calls tiny_main(NULL, start_info). ---- */
+uint8_t pvh_tables[6 * 4096] __attribute__((aligned(4096), used)); /* PML4, PDPT, 4 PDs */
+volatile uint32_t pvh_entry_cr0, pvh_entry_efer, pvh_entry_cs;
+__asm__(
+    ".text\n"
+    ".code32\n"
+    ".globl pvh_start\n"
+    "pvh_start:\n"
+    "  cli\n"
+    "  cld\n"
+    "  mov %ebx, %esi\n"
+    "  mov %cr0, %eax\n"
+    "  mov %eax, pvh_entry_cr0\n"
+    "  mov %cs, %eax\n"
+    "  mov %eax, pvh_entry_cs\n"
+    "  mov $0xc0000080, %ecx\n"
+    "  rdmsr\n"
+    "  mov %eax, pvh_entry_efer\n"
+    "  mov $pvh_tables, %edi\n"
+    "  xor %eax, %eax\n"
+    "  mov $(6 * 1024), %ecx\n"
+    "  rep stosl\n"
+    "  movl $(pvh_tables + 0x1000 + 3), pvh_tables\n"
+    "  mov $(pvh_tables + 0x1000), %edi\n"
+    "  mov $(pvh_tables + 0x2000 + 3), %eax\n"
+    "  mov $4, %ecx\n"
+    "1: mov %eax, (%edi)\n"
+    "  add $0x1000, %eax\n"
+    "  add $8, %edi\n"
+    "  loop 1b\n"
+    "  mov $(pvh_tables + 0x2000), %edi\n"
+    "  mov $0x83, %eax\n"                   /* present, writable, 2 MiB */
+    "  mov $2048, %ecx\n"
+    "2: mov %eax, (%edi)\n"
+    "  add $0x200000, %eax\n"
+    "  add $8, %edi\n"
+    "  loop 2b\n"
+    "  mov %cr4, %eax\n"
+    "  or $0x20, %eax\n"                    /* PAE */
+    "  mov %eax, %cr4\n"
+    "  mov $pvh_tables, %eax\n"
+    "  mov %eax, %cr3\n"
+    "  mov $0xc0000080, %ecx\n"
+    "  rdmsr\n"
+    "  or $0x100, %eax\n"                   /* EFER.LME */
+    "  wrmsr\n"
+    "  lgdt pvh_gdtr\n"
+    "  mov %cr0, %eax\n"
+    "  or $0x80000001, %eax\n"              /* PG */
+    "  mov %eax, %cr0\n"
+    "  ljmp $0x08, $pvh_long\n"
+    ".code64\n"
+    "pvh_long:\n"
+    "  mov $0x10, %eax\n"
+    "  mov %eax, %ds\n"
+    "  mov %eax, %es\n"
+    "  mov %eax, %ss\n"
+    "  mov %eax, %fs\n"
+    "  mov %eax, %gs\n"
+    "  lea stack_top(%rip), %rsp\n"
+    "  mov %esi, %esi\n"
+    "  xor %edi, %edi\n"
+    "  call tiny_main\n"
+    "3: cli; hlt; jmp 3b\n"
+    ".section .rodata\n"
+    ".balign 8\n"
+    "pvh_gdt: .quad 0, 0x00af9b000000ffff, 0x00cf93000000ffff\n"
+    "pvh_gdtr: .word 23\n"
+    "  .long pvh_gdt\n"
+#ifdef TINYGUEST_PVH
+    /* The PVH note: name "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (18), the 32-bit entry. */
+    ".section .note.Xen, \"a\", @note\n"
+    ".balign 4\n"
+    ".long 4, 4, 18\n"
+    ".asciz \"Xen\"\n"
+    ".long pvh_start\n"
+#endif
+    ".text\n");
 
 /* ---- interrupts: IDT with a fatal stub for exceptions, a counting stub for vector 0x30 and a
    spurious stub for the rest; both non-fatal stubs send the LAPIC EOI. ---- */
@@ -50,6 +137,15 @@ __asm__(
     "  mov $0xfee000b0, %rax\n"
     "  movl $0, (%rax)\n"
     "  pop %rax\n"
+    "  iretq\n"
+    "irq_virtio_level:\n"              /* level-triggered (QEMU's microvm): ack the device first */
+    "  push %rax; push %rcx; push %rdx; push %rsi; push %rdi\n"
+    "  push %r8; push %r9; push %r10; push %r11\n"
+    "  call virtio_level_irq\n"
+    "  mov $0xfee000b0, %rax\n"
+    "  movl $0, (%rax)\n"
+    "  pop %r11; pop %r10; pop %r9; pop %r8\n"
+    "  pop %rdi; pop %rsi; pop %rdx; pop %rcx; pop %rax\n"
     "  iretq\n"
     "irq_serial:\n"
     "  push %rax\n"
@@ -74,7 +170,7 @@ __asm__(
     "  iretq\n"
     "irq_fault:\n"
     "  call tiny_fault\n");
-extern char irq_virtio[], irq_serial[], irq_ged[], irq_spurious[], irq_fault[];
+extern char irq_virtio[], irq_virtio_level[], irq_serial[], irq_ged[], irq_spurious[], irq_fault[];
 struct idt_entry { uint16_t off0, sel; uint8_t ist, type; uint16_t off1; uint32_t off2, zero; };
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 
@@ -121,28 +217,83 @@ static void set_gate(int v, void *handler)
 static void mmio_w32(uint64_t a, uint32_t v) { *(volatile uint32_t *)(uintptr_t)a = v; }
 static uint32_t mmio_r32(uint64_t a) { return *(volatile uint32_t *)(uintptr_t)a; }
 
-static void route_gsi(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t vector)
+/* `mode`: 0 = edge, active high; or IOAPIC_LEVEL / IOAPIC_LOW bits of the redirection entry. */
+#define IOAPIC_LOW (1u << 13)
+#define IOAPIC_LEVEL (1u << 15)
+static void route_gsi_mode(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t vector, uint32_t mode)
 {
     uint32_t apic_id = mmio_r32(lapic + 0x20) >> 24;
     mmio_w32(ioapic, 0x10 + 2 * gsi + 1);            /* redirection entry, high: destination */
     mmio_w32(ioapic + 0x10, apic_id << 24);
-    mmio_w32(ioapic, 0x10 + 2 * gsi);                /* low: fixed, physical, edge, high, unmasked */
-    mmio_w32(ioapic + 0x10, vector);
+    mmio_w32(ioapic, 0x10 + 2 * gsi);                /* low: fixed, physical, unmasked */
+    mmio_w32(ioapic + 0x10, vector | mode);
+}
+static void route_gsi(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t vector)
+{
+    route_gsi_mode(lapic, ioapic, gsi, vector, 0);
 }
 
-/* Routes `gsi` (edge, active high) to vector VIRTIO_VECTOR on this CPU through the IOAPIC. */
-static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi)
+/* Routes `gsi` (edge, active high, or as `mode` says) to vector VIRTIO_VECTOR on this CPU through
+   the IOAPIC. */
+static void setup_interrupts(uint64_t lapic, uint64_t ioapic, uint32_t gsi, uint32_t mode)
 {
     for (int v = 0; v < 256; v++) set_gate(v, v < 32 ? irq_fault : irq_spurious);
-    set_gate(VIRTIO_VECTOR, irq_virtio);
+    set_gate(VIRTIO_VECTOR, mode & IOAPIC_LEVEL ? irq_virtio_level : irq_virtio);
     set_gate(SERIAL_VECTOR, irq_serial);
     set_gate(GED_VECTOR, irq_ged);
     struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idtr = {sizeof(idt) - 1, (uintptr_t)idt};
     __asm__ volatile("lidt %0" ::"m"(idtr));
     outb(0x21, 0xff); outb(0xa1, 0xff);              /* mask the 8259s */
     mmio_w32(lapic + 0xf0, 0x100 | 0xff);            /* LAPIC on, spurious vector 0xff */
-    route_gsi(lapic, ioapic, gsi, VIRTIO_VECTOR);
+    route_gsi_mode(lapic, ioapic, gsi, VIRTIO_VECTOR, mode);
 }
+
+/* ---- SMP: the AP's real-mode trampoline, copied to AP_TRAMPOLINE (SIPI vector 3). The AP starts
+   there at CS:IP = 0x0300:0000 after INIT/SIPI, reads its APIC id with CPUID, prints a line on
+   COM1, records "started | id" in ap_flag for the BSP and halts. ---- */
+#define AP_TRAMPOLINE 0x3000
+__asm__(
+    ".text\n"
+    ".code16\n"
+    ".globl ap_tramp_start, ap_tramp_flag, ap_tramp_end\n"
+    "ap_tramp_start:\n"
+    "  cli\n"
+    "  mov %cs, %ax\n"
+    "  mov %ax, %ds\n"
+    "  mov $1, %eax\n"
+    "  cpuid\n"
+    "  shr $24, %ebx\n"
+    "  mov %bx, %cx\n"
+    "  and $15, %bx\n"
+    "  mov (ap_tramp_hex - ap_tramp_start)(%bx), %al\n"
+    "  mov %al, (ap_tramp_digit - ap_tramp_start)\n"
+    "  mov $(ap_tramp_msg - ap_tramp_start), %si\n"
+    "1: lodsb\n"
+    "  test %al, %al\n"
+    "  jz 3f\n"
+    "  mov %al, %bl\n"
+    "  mov $0x3fd, %dx\n"
+    "2: in %dx, %al\n"
+    "  test $0x20, %al\n"
+    "  jz 2b\n"
+    "  mov $0x3f8, %dx\n"
+    "  mov %bl, %al\n"
+    "  out %al, %dx\n"
+    "  jmp 1b\n"
+    "3: or $0x100, %cx\n"
+    "  mov %cx, (ap_tramp_flag - ap_tramp_start)\n"
+    "4: cli\n"
+    "  hlt\n"
+    "  jmp 4b\n"
+    "ap_tramp_hex: .ascii \"0123456789abcdef\"\n"
+    "ap_tramp_msg: .ascii \"tinyguest: AP up in real mode, APIC id 0x\"\n"
+    "ap_tramp_digit: .ascii \"?\"\n"
+    "  .asciz \"\\r\\n\"\n"
+    ".balign 4\n"
+    "ap_tramp_flag: .long 0\n"
+    "ap_tramp_end:\n"
+    ".code64\n");
+extern char ap_tramp_start[], ap_tramp_flag[], ap_tramp_end[];
 
 /* ---- small helpers ---- */
 static int memeq(const void *a, const void *b, size_t n)
@@ -187,7 +338,7 @@ static const uint8_t *table(uint64_t addr, const char *sig)
     return t;
 }
 
-struct mmio_dev { uint32_t base, len, gsi; int edge; };
+struct mmio_dev { uint32_t base, len, gsi; int edge, low; };
 
 /* Finds LNRO0005 in the DSDT and reads its Memory32Fixed (0x86) and Extended IRQ (0x89). */
 static int find_virtio_mmio(const uint8_t *dsdt, struct mmio_dev *d)
@@ -201,7 +352,7 @@ static int find_virtio_mmio(const uint8_t *dsdt, struct mmio_dev *d)
             if (!got_mem && r[0] == 0x86 && rd16(r + 1) == 9) {
                 d->base = rd32(r + 4); d->len = rd32(r + 8); got_mem = 1; j += 11;
             } else if (got_mem && r[0] == 0x89 && rd16(r + 1) >= 6 && r[4] >= 1) {
-                d->edge = (r[3] >> 1) & 1; d->gsi = rd32(r + 5); got_irq = 1; break;
+                d->edge = (r[3] >> 1) & 1; d->low = (r[3] >> 2) & 1; d->gsi = rd32(r + 5); got_irq = 1; break;
             }
         }
         if (got_mem && got_irq) return 1;
@@ -227,6 +378,17 @@ static int find_ged(const uint8_t *dsdt, uint32_t *gsi)
 static volatile uint32_t *mmio;
 static uint32_t rreg(uint32_t off) { return mmio[off / 4]; }
 static void wreg(uint32_t off, uint32_t v) { mmio[off / 4] = v; }
+
+/* The level-triggered interrupt: read and acknowledge the interrupt status (the line drops). */
+static volatile uint32_t level_isr;
+void virtio_level_irq(void);
+void virtio_level_irq(void)
+{
+    uint32_t isr = rreg(0x60);
+    if (isr) wreg(0x64, isr);
+    level_isr |= isr;
+    irq_count++;
+}
 
 #define QSZ 8
 struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
@@ -343,8 +505,32 @@ static void acpi_reset(const uint8_t *fadt)
     fail("still running long after the reset");
 }
 
-void tiny_main(const uint8_t *boot_params);
-void tiny_main(const uint8_t *boot_params)
+/* Entered with boot params (64-bit boot protocol) or, through the PVH stub, with start_info. */
+/* Starts the AP `id` with INIT and two SIPIs (vector AP_TRAMPOLINE >> 12) through the LAPIC's
+   ICR, as a BIOS/Linux does, and waits until the trampoline reports in. */
+static void start_ap(uint64_t lapic, uint32_t id)
+{
+    uint8_t *t = (uint8_t *)(uintptr_t)AP_TRAMPOLINE;
+    volatile uint32_t *flag = (volatile uint32_t *)(t + (ap_tramp_flag - ap_tramp_start));
+    memcpy(t, ap_tramp_start, (size_t)(ap_tramp_end - ap_tramp_start));
+    *flag = 0;
+    __asm__ volatile("mfence" ::: "memory");
+    puts_("tinyguest: starting AP "); putdec(id); puts_(" (INIT, SIPI vector "); puthex(AP_TRAMPOLINE >> 12);
+    puts_(")\n");
+    const uint32_t icr[] = {0x4500, 0x8500, 0x4600 | (AP_TRAMPOLINE >> 12), 0x4600 | (AP_TRAMPOLINE >> 12)};
+    for (int i = 0; i < 4 && !*flag; i++) {
+        for (int w = 0; w < 100000 && (mmio_r32(lapic + 0x300) & 0x1000); w++) __asm__ volatile("pause");
+        mmio_w32(lapic + 0x310, id << 24);
+        mmio_w32(lapic + 0x300, icr[i]);
+        for (volatile int w = 0; w < 2000; w++) __asm__ volatile("pause");
+    }
+    for (uint64_t i = 0; i < 200000000ull && !*flag; i++) __asm__ volatile("pause");
+    if (!*flag) fail("the AP did not start");
+    puts_("tinyguest: AP with APIC id "); putdec(*flag & 0xff); puts_(" started\n");
+}
+
+void tiny_main(const uint8_t *boot_params, const uint8_t *start_info);
+void tiny_main(const uint8_t *boot_params, const uint8_t *start_info)
 {
     /* Memory is not cleared on a reset: start from clean driver state. */
     memset(queues, 0, sizeof(queues));
@@ -362,21 +548,47 @@ void tiny_main(const uint8_t *boot_params)
     puts_(" efer="); puthex(efer_lo); puts_(")\n");
     if (!(efer_lo & 0x400)) fail("not in long mode");
 
-    const char *cmdline = (const char *)(uintptr_t)rd32(boot_params + 0x228);
-    puts_("tinyguest: command line: "); puts_(cmdline ? cmdline : "(none)"); puts_("\n");
-    uint32_t e820_n = boot_params[0x1e8];
-    uint64_t ram = 0;
-    for (uint32_t i = 0; i < e820_n && i < 128; i++) {
-        const uint8_t *e = boot_params + 0x2d0 + 20 * i;
-        if (rd32(e + 16) == 1) ram += rd64(e + 8);
+    const char *cmdline;
+    uint32_t e820_n;
+    uint64_t ram = 0, bp_rsdp;
+    if (start_info) {
+        puts_("tinyguest: PVH entry: cs="); puthex(pvh_entry_cs); puts_(" cr0="); puthex(pvh_entry_cr0);
+        puts_(" efer="); puthex(pvh_entry_efer); puts_(", start_info at "); puthex((uintptr_t)start_info);
+        puts_("\n");
+        if ((pvh_entry_cr0 & 0x80000001) != 1) fail("PVH entry not in protected mode with paging off");
+        if (rd32(start_info) != 0x336ec578) fail("bad hvm_start_info magic");
+        puts_("tinyguest: hvm_start_info version "); putdec(rd32(start_info + 4)); puts_(", ");
+        putdec(rd32(start_info + 12)); puts_(" modules");
+        if (rd32(start_info + 12)) {
+            const uint8_t *mod = (const uint8_t *)(uintptr_t)rd64(start_info + 16);
+            puts_(" (module 0: "); putdec(rd64(mod + 8)); puts_(" bytes at "); puthex(rd64(mod)); puts_(")");
+        }
+        puts_("\n");
+        cmdline = (const char *)(uintptr_t)rd64(start_info + 24);
+        e820_n = rd32(start_info + 48);
+        const uint8_t *map = (const uint8_t *)(uintptr_t)rd64(start_info + 40);
+        for (uint32_t i = 0; map && i < e820_n && i < 128; i++) {
+            const uint8_t *e = map + 24 * i;
+            if (rd32(e + 16) == 1) ram += rd64(e + 8);
+        }
+        bp_rsdp = rd64(start_info + 32);
+    } else {
+        cmdline = (const char *)(uintptr_t)rd32(boot_params + 0x228);
+        e820_n = boot_params[0x1e8];
+        for (uint32_t i = 0; i < e820_n && i < 128; i++) {
+            const uint8_t *e = boot_params + 0x2d0 + 20 * i;
+            if (rd32(e + 16) == 1) ram += rd64(e + 8);
+        }
+        bp_rsdp = rd64(boot_params + 0x70);
     }
+    puts_("tinyguest: command line: "); puts_(cmdline ? cmdline : "(none)"); puts_("\n");
     puts_("tinyguest: e820: "); putdec(e820_n); puts_(" entries, "); putdec(ram >> 20); puts_(" MiB RAM\n");
 
     const uint8_t *rsdp = find_rsdp();
     if (!rsdp) fail("no RSDP in 0xe0000-0xfffff");
-    uint64_t bp_rsdp = rd64(boot_params + 0x70);
-    puts_("tinyguest: RSDP at "); puthex((uintptr_t)rsdp); puts_(" (boot params say "); puthex(bp_rsdp); puts_(")\n");
-    if (bp_rsdp != (uintptr_t)rsdp) fail("boot params' acpi_rsdp_addr disagrees with the scan");
+    puts_("tinyguest: RSDP at "); puthex((uintptr_t)rsdp); puts_(start_info ? " (start_info says " : " (boot params say ");
+    puthex(bp_rsdp); puts_(")\n");
+    if (bp_rsdp != (uintptr_t)rsdp) fail("the boot protocol's RSDP address disagrees with the scan");
     const uint8_t *xsdt = table(rd64(rsdp + 24), "XSDT");
     if (!xsdt) fail("no XSDT");
     const uint8_t *fadt = 0, *madt = 0;
@@ -396,6 +608,11 @@ void tiny_main(const uint8_t *boot_params)
     for (uint32_t off = 44; off + 2 <= rd32(madt + 4); off += madt[off + 1])
         if (madt[off] == 1 && !ioapic) ioapic = rd32(madt + off + 4);
     if (!ioapic) fail("no IOAPIC in the MADT");
+    uint32_t ap_id = 0xffffffffu;
+    for (uint32_t off = 44; off + 2 <= rd32(madt + 4); off += madt[off + 1])
+        if (madt[off] == 0 && (rd32(madt + off + 4) & 1) && madt[off + 3] != mmio_r32(lapic + 0x20) >> 24
+            && ap_id == 0xffffffffu)
+            ap_id = madt[off + 3];
     const uint8_t *dsdt = table(rd64(fadt + 140) ? rd64(fadt + 140) : rd32(fadt + 40), "DSDT");
     if (!dsdt) fail("no DSDT");
     puts_("tinyguest: ACPI: XSDT "); puthex((uintptr_t)xsdt); puts_(", FADT "); puthex((uintptr_t)fadt);
@@ -405,13 +622,13 @@ void tiny_main(const uint8_t *boot_params)
     struct mmio_dev dev;
     if (!find_virtio_mmio(dsdt, &dev)) fail("no LNRO0005 device with resources in the DSDT");
     puts_("tinyguest: virtio-mmio (LNRO0005) at "); puthex(dev.base); puts_(" size "); puthex(dev.len);
-    puts_(" gsi "); putdec(dev.gsi); puts_(dev.edge ? " edge\n" : " level\n");
+    puts_(" gsi "); putdec(dev.gsi); puts_(dev.edge ? " edge" : " level"); puts_(dev.low ? " low\n" : "\n");
 
-    if (!dev.edge) fail("the virtio-mmio interrupt is not edge triggered");
-    setup_interrupts(lapic, ioapic, dev.gsi);
+    setup_interrupts(lapic, ioapic, dev.gsi, (dev.edge ? 0 : IOAPIC_LEVEL) | (dev.low ? IOAPIC_LOW : 0));
     puts_("tinyguest: IOAPIC "); puthex(ioapic); puts_(" pin "); putdec(dev.gsi); puts_(" -> vector ");
     puthex(VIRTIO_VECTOR); puts_(", LAPIC "); puthex(lapic); puts_("\n");
     use_irq = 1;
+    if (ap_id != 0xffffffffu) start_ap(lapic, ap_id);
 
     mmio = (volatile uint32_t *)(uintptr_t)dev.base;
     if (rreg(0) != 0x74726976) fail("bad virtio-mmio magic");
@@ -471,10 +688,10 @@ void tiny_main(const uint8_t *boot_params)
        when we looked, the edge is pending in the LAPIC and is taken as soon as IF is set. */
     puts_("tinyguest: waiting for the device interrupt\n");
     while (irq_count == 0) __asm__ volatile("sti; hlt; cli" ::: "memory");
-    uint32_t isr = rreg(0x60);
+    uint32_t isr = dev.edge ? rreg(0x60) : level_isr;
     puts_("tinyguest: interrupt status "); puthex(isr); puts_(", "); putdec(irq_count);
     puts_(" interrupts on vector 0x30, "); putdec(spurious_count); puts_(" others\n");
-    wreg(0x64, isr);
+    if (dev.edge) wreg(0x64, isr);
     puts_("tinyguest: port "); putdec(port); puts_(" open\n");
 
     if (cmdline && (contains(cmdline, "tinyguest.poweroff") || contains(cmdline, "tinyguest.reboot"))) {

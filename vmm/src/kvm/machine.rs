@@ -303,7 +303,10 @@ impl Vm {
         }
 
         let vcpus = VcpuControl::new(
-            EntryPoint { rip: 0 },
+            EntryPoint {
+                rip: 0,
+                protocol: boot::BootProtocol::Linux64,
+            },
             state.run_state.get() != RunState::Running,
         );
         let mut pending = Vec::new();

@@ -1,7 +1,8 @@
 //! Guest physical memory: the address map, RAM regions and the e820 map the guest is given.
 //!
 //! ```text
-//! 0x0000_0500  GDT                       0x0000_7000  boot params (zero page)
+//! 0x0000_0500  GDT                       0x0000_6000  PVH start info, module list, memory map
+//! 0x0000_7000  boot params (zero page)
 //! 0x0000_8ff0  boot stack top            0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 PDs
 //! 0x0002_0000  kernel command line       0x0009_fc00..0x0010_0000  reserved (ACPI tables at 0xe0000)
 //! 0x0010_0000  kernel                    ... initrd at the top of low RAM
@@ -12,6 +13,10 @@
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 pub const GDT_ADDR: u64 = 0x500;
+/// PVH: `hvm_start_info` (56 bytes), the module list (one initrd entry) and the memory map.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 pub const BOOT_STACK: u64 = 0x8ff0;
 pub const PML4_ADDR: u64 = 0x9000;

@@ -1,4 +1,4 @@
-//! vCPUs: register setup for the 64-bit boot protocol and the threads that run them.
+//! vCPUs: register setup for the 64-bit and PVH boot protocols and the threads that run them.
 //!
 //! Each vCPU runs `KVM_RUN` on its own thread and sends port and MMIO exits to the buses. The
 //! event-loop thread pauses, resumes, resets and stops them through [`VcpuControl`]: it posts a
@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::boot::{EntryPoint, GDT};
-use super::memory::{BOOT_STACK, GDT_ADDR, PML4_ADDR, ZERO_PAGE_ADDR};
+use super::boot::{BootProtocol, EntryPoint, GDT};
+use super::memory::{BOOT_STACK, GDT_ADDR, PML4_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR};
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
 fn kick_signal() -> i32 {
@@ -83,9 +83,12 @@ fn msrs() -> Msrs {
 
 fn segment(selector: u16, descriptor: u64) -> kvm_segment {
     let flags = (descriptor >> 40) as u16;
+    let g = (flags >> 15) & 1;
     kvm_segment {
         base: 0,
-        limit: 0xf_ffff,
+        // KVM takes the limit in bytes: a 4 KiB-granular 0xfffff is 4 GiB (it matters in
+        // 32-bit protected mode, the PVH entry).
+        limit: if g == 1 { 0xffff_ffff } else { 0xf_ffff },
         selector,
         type_: (flags & 0xf) as u8,
         present: ((flags >> 7) & 1) as u8,
@@ -93,7 +96,7 @@ fn segment(selector: u16, descriptor: u64) -> kvm_segment {
         db: ((flags >> 14) & 1) as u8,
         s: ((flags >> 4) & 1) as u8,
         l: ((flags >> 13) & 1) as u8,
-        g: ((flags >> 15) & 1) as u8,
+        g: g as u8,
         avl: 0,
         unusable: 0,
         padding: 0,
@@ -101,7 +104,8 @@ fn segment(selector: u16, descriptor: u64) -> kvm_segment {
 }
 
 /// Puts the vCPU in the state the boot protocol asks for: BSP in long mode at `entry` with
-/// `%rsi` = boot params; APs waiting for INIT/SIPI.
+/// `%rsi` = boot params, or for PVH in 32-bit protected mode (paging off) with `%ebx` = start
+/// info; APs waiting for INIT/SIPI.
 pub fn setup(vcpu: &VcpuFd, id: u8, entry: EntryPoint) -> Result<(), String> {
     let err = |what: &str, e: kvm_ioctls::Error| format!("vCPU {id}: {what}: {e}");
     vcpu.set_msrs(&msrs()).map_err(|e| err("KVM_SET_MSRS", e))?;
@@ -136,17 +140,26 @@ pub fn setup(vcpu: &VcpuFd, id: u8, entry: EntryPoint) -> Result<(), String> {
         mp_state: KVM_MP_STATE_RUNNABLE,
     })
     .map_err(|e| err("KVM_SET_MP_STATE", e))?;
-    vcpu.set_regs(&kvm_regs {
+    let pvh = entry.protocol == BootProtocol::Pvh;
+    let mut regs = kvm_regs {
         rflags: 0x2,
         rip: entry.rip,
         rsp: BOOT_STACK,
         rbp: BOOT_STACK,
-        rsi: ZERO_PAGE_ADDR,
         ..Default::default()
-    })
-    .map_err(|e| err("KVM_SET_REGS", e))?;
+    };
+    if pvh {
+        regs.rbx = PVH_INFO_ADDR;
+    } else {
+        regs.rsi = ZERO_PAGE_ADDR;
+    }
+    vcpu.set_regs(&regs).map_err(|e| err("KVM_SET_REGS", e))?;
     let mut s = vcpu.get_sregs().map_err(|e| err("KVM_GET_SREGS", e))?;
-    s.cs = segment(0x08, GDT[1]);
+    s.cs = if pvh {
+        segment(0x28, GDT[5])
+    } else {
+        segment(0x08, GDT[1])
+    };
     let data = segment(0x10, GDT[2]);
     s.ds = data;
     s.es = data;
@@ -158,10 +171,18 @@ pub fn setup(vcpu: &VcpuFd, id: u8, entry: EntryPoint) -> Result<(), String> {
     s.gdt.limit = (GDT.len() * 8 - 1) as u16;
     s.idt.base = 0;
     s.idt.limit = 0;
-    s.cr3 = PML4_ADDR;
-    s.cr4 |= 0x20; // PAE
-    s.cr0 = (s.cr0 | 0x8000_0011) & !0x6000_0000; // PG | ET | PE, caches on
-    s.efer |= 0x500; // LME | LMA
+    if pvh {
+        // PVH: CR0 = PE | ET, everything else (paging, CR4, EFER.LME) off.
+        s.cr0 = 0x11;
+        s.cr3 = 0;
+        s.cr4 = 0;
+        s.efer = 0;
+    } else {
+        s.cr3 = PML4_ADDR;
+        s.cr4 |= 0x20; // PAE
+        s.cr0 = (s.cr0 | 0x8000_0011) & !0x6000_0000; // PG | ET | PE, caches on
+        s.efer |= 0x500; // LME | LMA
+    }
     vcpu.set_sregs(&s).map_err(|e| err("KVM_SET_SREGS", e))
 }
 
