@@ -136,9 +136,8 @@ fn concurrent_transfer_without_event_idx() {
 /// after an interrupt: `vm_interrupt` (read `InterruptStatus`, acknowledge), then the
 /// reader drains the ring. Every other round the reader also drains before the handler ran
 /// (a reader on another vCPU re-arming `used_event` while the interrupt is still
-/// unacknowledged, the case where the device does not raise the line again). If a used
-/// buffer were published without an interrupt the guest would see later, the transfer would
-/// stall and fail at the deadline.
+/// unacknowledged). If a used buffer were published without an interrupt the guest would see
+/// later, the transfer would stall and fail at the deadline.
 fn interrupt_driven_receive(event_idx: bool) {
     let host = HostEnd::default();
     let mut g = new_guest(

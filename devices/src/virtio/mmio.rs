@@ -74,26 +74,9 @@ impl<T: Trigger> InterruptSignal for MmioInterrupt<T> {
             InterruptKind::Queue(_) => VIRTIO_MMIO_INT_VRING,
             InterruptKind::Config => VIRTIO_MMIO_INT_CONFIG,
         };
-        // The line is raised when the bit goes from clear to set; while it is still set
-        // the driver has not acknowledged the previous interrupt, and its handler has yet to
-        // run the work that follows the acknowledgement (Linux `vm_interrupt`: read
-        // `InterruptStatus`, write `InterruptACK`, then `vring_interrupt` on every queue or
-        // `virtio_config_changed`), so it sees this change too: a second edge would only
-        // cost a syscall and a spurious guest interrupt. The caller published what it
-        // signals (used index, configuration) before this call; the SeqCst read-modify-write
-        // here and the one in the `InterruptACK` handler order that publication before the
-        // driver's post-acknowledgement reads. Per bit, not per register: a handler that
-        // read only the configuration bit acknowledges only that one and would miss a
-        // used-buffer notification merged into its interrupt (the irqfd line is an edge,
-        // nothing re-raises it after the guest's EOI).
-        let prev = self.status.fetch_or(bit, Ordering::SeqCst);
-        if prev & bit != 0 {
-            return;
-        }
+        self.status.fetch_or(bit, Ordering::SeqCst);
         if let Err(e) = self.line.trigger() {
             log::error!("virtio-mmio: cannot raise interrupt: {e:?}");
-            // Nothing reached the driver: let the next notification try again.
-            self.status.fetch_and(!bit, Ordering::SeqCst);
         }
     }
 }
