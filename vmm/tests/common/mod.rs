@@ -168,8 +168,35 @@ impl Vmm {
         SocketAddr::Unix(self.qmp.clone())
     }
 
+    /// A negotiated QMP session; on failure the panic says whether the VMM is still running and
+    /// what it logged.
     pub fn client(&self) -> QmpClient {
-        QmpClient::connect(&self.addr()).expect("QMP connect")
+        let t = Instant::now();
+        loop {
+            match QmpClient::connect(&self.addr()) {
+                Ok(c) => return c,
+                Err(e) if t.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let _ = e;
+                }
+                Err(e) => {
+                    let state =
+                        std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid()))
+                            .ok()
+                            .and_then(|s| {
+                                s.lines()
+                                    .find(|l| l.starts_with("State:"))
+                                    .map(String::from)
+                            })
+                            .unwrap_or_else(|| "gone".into());
+                    panic!(
+                        "QMP connect to {}: {e}; vmm {state}; vmm log:\n{}",
+                        self.qmp.display(),
+                        self.log_text()
+                    );
+                }
+            }
+        }
     }
 
     pub fn log_text(&self) -> String {
