@@ -136,16 +136,6 @@ impl QmpProxy {
         self.timer.as_raw_fd()
     }
 
-    /// True once the agent answered a sync since it (re)appeared.
-    pub fn is_up(&self) -> bool {
-        self.up
-    }
-
-    /// True while the channel to the agent is open.
-    pub fn is_connected(&self) -> bool {
-        self.connected
-    }
-
     /// The guest commands the agent reported in `guest-info` (name, enabled).
     pub fn guest_commands(&self) -> &[(String, bool)] {
         &self.guest_commands

@@ -296,16 +296,6 @@ impl Monitor {
         Ok(())
     }
 
-    /// The addresses listened on.
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|(_, a)| a.clone()).collect()
-    }
-
-    /// Number of open sessions.
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
     /// Delivers everything queued (replies, events) and writes pending output, waiting at most
     /// `limit` overall. Used before the process exits so `quit`'s reply and SHUTDOWN arrive.
     pub fn flush_before_exit(&mut self, limit: Duration) {
