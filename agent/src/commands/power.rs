@@ -118,11 +118,27 @@ pub fn suspend_plan(
     })
 }
 
+/// The selected hibernation mode in /sys/power/disk text (the bracketed
+/// word, e.g. `platform` in "[platform] shutdown reboot suspend").
+pub fn selected_disk_mode(disk: &str) -> Option<&str> {
+    disk.split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+}
+
 fn suspend(kind: Suspend, a: Args) -> QgaResult<Value> {
     a.finish()?;
     let state = std::fs::read_to_string("/sys/power/state").unwrap_or_default();
     let disk = std::fs::read_to_string("/sys/power/disk").unwrap_or_default();
     let plan = suspend_plan(kind, &state, &disk)?;
+    // Hybrid switches the hibernation mode to `suspend`; the mode the guest
+    // had is put back once the state write returns (failed, or resumed), so
+    // a later guest-suspend-disk powers off as before.
+    let restore = match kind {
+        Suspend::Hybrid => selected_disk_mode(&disk)
+            .filter(|m| *m != "suspend")
+            .map(str::to_string),
+        _ => None,
+    };
     // The write to /sys/power/state returns only after resume (or fails at
     // once, e.g. hibernation without swap). Do it on a helper thread and
     // wait briefly: a quick failure is reported (like qemu-ga, which waits
@@ -139,6 +155,11 @@ fn suspend(kind: Suspend, a: Args) -> QgaResult<Value> {
                     &e,
                 ));
                 break;
+            }
+        }
+        if let Some(m) = restore {
+            if let Err(e) = std::fs::write("/sys/power/disk", &m) {
+                log::error!("suspend: restoring {m} in /sys/power/disk failed: {e}");
             }
         }
         let _ = tx.send(r);
@@ -193,5 +214,12 @@ mod tests {
             2
         );
         assert!(suspend_plan(Suspend::Hybrid, "mem disk", "[platform] shutdown").is_err());
+        assert_eq!(
+            selected_disk_mode("[platform] shutdown reboot suspend test_resume\n"),
+            Some("platform")
+        );
+        assert_eq!(selected_disk_mode("platform [shutdown]"), Some("shutdown"));
+        assert_eq!(selected_disk_mode("[disabled]"), Some("disabled"));
+        assert_eq!(selected_disk_mode(""), None);
     }
 }

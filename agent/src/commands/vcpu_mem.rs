@@ -100,18 +100,38 @@ pub fn set_vcpus(_: &Ctx, a: Args) -> QgaResult<Value> {
     Ok(json!(done))
 }
 
-/// guest-get-memory-blocks.
+/// guest-get-memory-blocks. Like qemu-ga: no memory directory at all is
+/// an empty list, a directory without blocks an error.
 pub fn get_memory_blocks(_: &Ctx, a: Args) -> QgaResult<Value> {
     a.finish()?;
+    if let Err(e) = std::fs::read_dir(MEM_DIR) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(json!([]));
+        }
+        return Err(QgaError::io(
+            format_args!("Can't open directory\"{MEM_DIR}/\""),
+            &e,
+        ));
+    }
     let v: Vec<Value> = numbered(MEM_DIR, "memory")
         .into_iter()
         .map(|n| {
             let d = Path::new(MEM_DIR).join(format!("memory{n}"));
-            let online = read_trim(&d.join("state")).is_some_and(|s| s == "online");
-            let can_offline = read_trim(&d.join("removable")).is_some_and(|s| s == "1");
+            // No `state` file (old kernels): online and not removable.
+            let (online, can_offline) = match read_trim(&d.join("state")) {
+                None => (true, false),
+                Some(s) => (
+                    s.starts_with("online"),
+                    // No `removable` file: cannot go offline.
+                    read_trim(&d.join("removable")).is_some_and(|r| !r.starts_with('0')),
+                ),
+            };
             json!({"phys-index": n, "online": online, "can-offline": can_offline})
         })
         .collect();
+    if v.is_empty() {
+        return Err(QgaError::generic("guest reported zero memory blocks!"));
+    }
     Ok(json!(v))
 }
 
@@ -130,28 +150,65 @@ pub fn parse_mem_blocks(mut a: Args) -> QgaResult<Vec<(u64, bool)>> {
     Ok(out)
 }
 
-/// guest-set-memory-blocks.
+/// The outcome of one guest-set-memory-blocks entry: (response, error-code).
+/// Follows qemu-ga: the block directory must open (`not-found` for ENOENT,
+/// else `operation-failed`); a block already in the wanted state is a
+/// success; otherwise `online`/`offline` is written to its `state` file and
+/// a failed write is `operation-failed`. Every failure carries the errno.
+fn set_one_mem_block(n: u64, online: bool) -> (&'static str, Option<i32>) {
+    use std::io::{ErrorKind, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = Path::new(MEM_DIR).join(format!("memory{n}"));
+    let errno = |e: &std::io::Error| Some(e.raw_os_error().unwrap_or(libc::EIO));
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(&d)
+    {
+        return match e.kind() {
+            ErrorKind::NotFound => ("not-found", errno(&e)),
+            _ => ("operation-failed", errno(&e)),
+        };
+    }
+    let state = d.join("state");
+    let cur = match std::fs::read_to_string(&state) {
+        Ok(s) => s,
+        // Old kernels without `state`: only "online" is possible.
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let r = if online {
+                "success"
+            } else {
+                "operation-not-supported"
+            };
+            return (r, errno(&e));
+        }
+        Err(e) => return ("operation-failed", errno(&e)),
+    };
+    if cur.starts_with("online") == online {
+        return ("success", None);
+    }
+    let word: &[u8] = if online { b"online" } else { b"offline" };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .and_then(|mut f| f.write_all(word));
+    match written {
+        Ok(()) => ("success", None),
+        Err(e) => ("operation-failed", errno(&e)),
+    }
+}
+
+/// guest-set-memory-blocks: one response per entry, in order.
 pub fn set_memory_blocks(_: &Ctx, a: Args) -> QgaResult<Value> {
     let list = parse_mem_blocks(a)?;
+    let have_dir = Path::new(MEM_DIR).is_dir();
     let v: Vec<Value> = list
         .into_iter()
         .map(|(n, online)| {
-            let d = Path::new(MEM_DIR).join(format!("memory{n}"));
-            let (resp, code) = if !d.is_dir() {
-                ("not-found", None)
+            let (resp, code) = if have_dir {
+                set_one_mem_block(n, online)
             } else {
-                let cur = read_trim(&d.join("state")).unwrap_or_default();
-                if (cur == "online") == online {
-                    ("success", None)
-                } else if !online && read_trim(&d.join("removable")).is_some_and(|s| s != "1") {
-                    ("operation-not-supported", None)
-                } else {
-                    match std::fs::write(d.join("state"), if online { "online" } else { "offline" })
-                    {
-                        Ok(()) => ("success", None),
-                        Err(e) => ("operation-failed", e.raw_os_error()),
-                    }
-                }
+                ("operation-not-supported", Some(libc::ENOENT))
             };
             let mut m = json!({"phys-index": n, "response": resp});
             if let Some(c) = code {
