@@ -89,6 +89,58 @@ struct SocketState {
     listener: Option<Listener>,
     conn: Option<Stream>,
     retry: TimerFd,
+    /// A client connect in progress, while `conn` is `None`.
+    connecting: Option<Connecting>,
+}
+
+/// A client connect running on a thread of its own, as QEMU's asynchronous connect does: a
+/// TCP peer that never answers (SYNs dropped) keeps `connect` blocked for minutes, and a name
+/// may need a DNS lookup, neither of which may stall the event loop. The thread sends its
+/// result and signals `done`.
+struct Connecting {
+    done: EventFd,
+    result: std::sync::mpsc::Receiver<io::Result<Stream>>,
+}
+
+impl Connecting {
+    fn start(addr: &SocketAddr) -> io::Result<Connecting> {
+        let done = EventFd::new(EFD_NONBLOCK)?;
+        let signal = done.try_clone()?;
+        let (tx, result) = std::sync::mpsc::channel();
+        let addr = addr.clone();
+        std::thread::Builder::new()
+            .name("chardev-connect".into())
+            .spawn(move || {
+                // Nobody listens any more if the chardev went away meanwhile.
+                if tx.send(Stream::connect(&addr)).is_ok() {
+                    let _ = signal.write(1);
+                }
+            })?;
+        Ok(Connecting { done, result })
+    }
+}
+
+impl SocketState {
+    /// Starts a client connect unless connected or already connecting; on failure to start,
+    /// tries again after the reconnect interval.
+    fn start_connect(&mut self, id: &str) {
+        if self.spec.server || self.conn.is_some() || self.connecting.is_some() {
+            return;
+        }
+        match Connecting::start(&self.spec.addr) {
+            Ok(c) => self.connecting = Some(c),
+            Err(e) => {
+                log::warn!("chardev '{id}': cannot start connecting: {e}");
+                self.retry_later();
+            }
+        }
+    }
+
+    fn retry_later(&mut self) {
+        if let Some(d) = self.spec.reconnect {
+            let _ = self.retry.reset(d, None);
+        }
+    }
 }
 
 struct Inner {
@@ -104,8 +156,10 @@ struct Inner {
     registered: Vec<(RawFd, EventSet)>,
     input_paused: bool,
     created_path: Option<PathBuf>,
-    /// Connections that ended, dropped once they are no longer registered with epoll.
-    closed: Vec<Stream>,
+    /// Descriptors that ended (connections, finished connects), dropped once they are no longer
+    /// registered with epoll: closed earlier, their number could be reused by another
+    /// subscriber's new fd before the stale registration is removed.
+    closed: Vec<Box<dyn AsRawFd>>,
 }
 
 /// A handle to one chardev; cheap to clone.
@@ -173,6 +227,7 @@ impl Chardev {
                     listener: None,
                     conn: None,
                     retry: TimerFd::new().map_err(|e| io_err(&id, "timerfd", e.into()))?,
+                    connecting: None,
                 };
                 if s.server {
                     let l = Listener::bind(&s.addr)
@@ -181,16 +236,14 @@ impl Chardev {
                         created_path = Some(p.clone());
                     }
                     st.listener = Some(l);
+                } else if s.reconnect.is_some() {
+                    // Connected (or retried) in the background, as QEMU does with `reconnect`.
+                    st.start_connect(&id);
                 } else {
-                    match Stream::connect(&s.addr) {
-                        Ok(c) => st.conn = Some(c),
-                        Err(e) if s.reconnect.is_none() => {
-                            return Err(io_err(&id, format!("cannot connect to {}", s.addr), e))
-                        }
-                        Err(e) => {
-                            log::info!("chardev '{id}': {} not there yet ({e}); retrying", s.addr)
-                        }
-                    }
+                    // Without `reconnect` a peer that is not there is a start-up error.
+                    let c = Stream::connect(&s.addr)
+                        .map_err(|e| io_err(&id, format!("cannot connect to {}", s.addr), e))?;
+                    st.conn = Some(c);
                 }
                 if let Some(c) = &st.conn {
                     c.set_nonblocking(true)
@@ -457,6 +510,9 @@ impl Chardev {
             }
             Kind::Socket(s) => {
                 want.push((s.retry.as_raw_fd(), EventSet::IN));
+                if let Some(c) = &s.connecting {
+                    want.push((c.done.as_raw_fd(), EventSet::IN));
+                }
                 match &s.conn {
                     Some(c) => {
                         let mut set = EventSet::empty();
@@ -548,20 +604,33 @@ impl Chardev {
             Kind::Socket(s) => {
                 if fd == s.retry.as_raw_fd() {
                     let _ = s.retry.wait();
-                    if s.conn.is_none() && !s.spec.server {
-                        match Stream::connect(&s.spec.addr)
-                            .and_then(|c| c.set_nonblocking(true).map(|_| c))
-                        {
-                            Ok(c) => {
-                                log::info!("chardev '{}': connected to {}", i.id, s.spec.addr);
-                                s.conn = Some(c);
-                                notes.push(Notify::Event(ChardevEvent::Opened));
-                            }
-                            Err(_) => {
-                                if let Some(d) = s.spec.reconnect {
-                                    let _ = s.retry.reset(d, None);
-                                }
-                            }
+                    s.start_connect(&i.id);
+                } else if s
+                    .connecting
+                    .as_ref()
+                    .is_some_and(|c| c.done.as_raw_fd() == fd)
+                {
+                    let c = s.connecting.as_ref().expect("checked above");
+                    let _ = c.done.read();
+                    let result = match c.result.try_recv() {
+                        Ok(r) => r,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => return notes,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            Err(io::Error::other("connect thread ended without a result"))
+                        }
+                    };
+                    if let Some(c) = s.connecting.take() {
+                        i.closed.push(Box::new(c.done));
+                    }
+                    match result.and_then(|c| c.set_nonblocking(true).map(|_| c)) {
+                        Ok(c) => {
+                            log::info!("chardev '{}': connected to {}", i.id, s.spec.addr);
+                            s.conn = Some(c);
+                            notes.push(Notify::Event(ChardevEvent::Opened));
+                        }
+                        Err(e) => {
+                            log::debug!("chardev '{}': connect to {}: {e}", i.id, s.spec.addr);
+                            s.retry_later();
                         }
                     }
                 } else if s.listener.as_ref().is_some_and(|l| l.fd() == fd) {
@@ -613,12 +682,12 @@ impl Chardev {
                     if closed {
                         log::info!("chardev '{}': peer disconnected", i.id);
                         // Kept open until its epoll registration is removed (update_interest).
-                        i.closed.extend(s.conn.take());
+                        if let Some(c) = s.conn.take() {
+                            i.closed.push(Box::new(c));
+                        }
                         i.out.clear();
                         i.out_pos = 0;
-                        if let Some(d) = s.spec.reconnect {
-                            let _ = s.retry.reset(d, None);
-                        }
+                        s.retry_later();
                         notes.push(Notify::Event(ChardevEvent::Closed));
                     }
                 }
@@ -633,16 +702,8 @@ struct ChardevSubscriber(Chardev);
 
 impl MutEventSubscriber for ChardevSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
-        // A client that could not connect at start-up retries on its timer.
         {
             let mut i = self.0.inner.borrow_mut();
-            if let Kind::Socket(s) = &mut i.kind {
-                if s.conn.is_none() && !s.spec.server {
-                    if let Some(d) = s.spec.reconnect {
-                        let _ = s.retry.reset(d, None);
-                    }
-                }
-            }
             if let Kind::Pty { poll, .. } = &mut i.kind {
                 let _ = poll.reset(Duration::from_millis(1), None);
             }

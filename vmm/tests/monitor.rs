@@ -483,3 +483,95 @@ fn tcp_monitor_client_mode_and_pty() {
     );
     drop(vmm);
 }
+
+/// Connects to `l` until the kernel stops answering: its accept queue is then full and further
+/// SYNs are dropped, so a `connect` hangs as to a host that does not answer. Returns the
+/// connections that fill the queue.
+fn fill_accept_queue(l: &std::net::TcpListener) -> Vec<std::net::TcpStream> {
+    let addr = l.local_addr().unwrap();
+    let mut fill = Vec::new();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fill.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return fill,
+            Err(e) => panic!("filling the accept queue: {e}"),
+        }
+        assert!(fill.len() < 16, "the kernel keeps accepting SYNs");
+    }
+}
+
+fn local_ports(s: &[std::net::TcpStream]) -> Vec<u16> {
+    s.iter().map(|s| s.local_addr().unwrap().port()).collect()
+}
+
+/// Accepts one connection that is not among `known` (local ports of our own fillers).
+fn accept_other(l: &std::net::TcpListener, known: &[u16], limit: Duration) -> std::net::TcpStream {
+    l.set_nonblocking(true).unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        match l.accept() {
+            Ok((s, peer)) if !known.contains(&peer.port()) => return s,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(t.elapsed() < limit, "no connection from the vmm");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn tcp_client_chardev_connecting_to_a_silent_peer_does_not_stall_the_vmm() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) on a socket we own; it only shrinks the backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let port = l.local_addr().unwrap().port();
+    let fill = fill_accept_queue(&l);
+    let mut known = local_ports(&fill);
+    let cd = format!("socket,id=up,host=127.0.0.1,port={port},reconnect=1");
+    let vmm = Vmm::start(dir.path(), &["-chardev", &cd]);
+    // The connect is pending (its SYN dropped): the monitor answers meanwhile.
+    let mut c = vmm.client();
+    c.set_timeout(Duration::from_secs(2)).unwrap();
+    let filename = |c: &mut QmpClient| {
+        let list = c.execute("query-chardev", Value::Null).unwrap().unwrap();
+        list[0]["filename"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        filename(&mut c),
+        format!("disconnected:tcp:127.0.0.1:{port}")
+    );
+    // Room in the queue: the kernel's SYN retry (after 1 s, then 3 s) gets through.
+    drop(fill);
+    let mut peer = accept_other(&l, &known, Duration::from_secs(10));
+    let t = std::time::Instant::now();
+    while filename(&mut c) != format!("tcp:127.0.0.1:{port}") {
+        assert!(t.elapsed() < Duration::from_secs(5), "not connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Fill the queue again and go away: the reconnect, started from the event loop, hangs in
+    // the kernel the same way, and the monitor keeps answering at once.
+    let fill = fill_accept_queue(&l);
+    known.extend(local_ports(&fill));
+    peer.write_all(b"bye").unwrap();
+    drop(peer);
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_millis(2500) {
+        let q = std::time::Instant::now();
+        let st = c.execute("query-status", Value::Null).unwrap().unwrap();
+        assert_eq!(st["status"], "running");
+        assert!(
+            q.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            q.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        filename(&mut c),
+        format!("disconnected:tcp:127.0.0.1:{port}")
+    );
+}
