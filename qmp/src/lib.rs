@@ -4,10 +4,12 @@
 //! - [`protocol`]: requests, replies, errors, events, greeting, argument checking, ASCII encoding.
 //! - [`server`]: the [`server::Monitor`] event-loop subscriber serving many sessions.
 //! - [`proxy`]: [`proxy::QmpProxy`], forwarding `guest-*` commands to one agent channel.
+//! - [`hmp`]: `human-monitor-command`, QEMU's human monitor for the machine's commands.
 //! - [`hub`]: how the proxy and the machine hand replies/events to sessions.
 //! - [`client`]: a blocking client for tests, benchmarks and tools.
 
 pub mod client;
+pub mod hmp;
 pub mod hub;
 pub mod parser;
 pub mod protocol;

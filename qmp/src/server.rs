@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::hmp;
 use crate::hub::{MonitorHandle, Outgoing, SessionId};
 use crate::parser::{JsonStreamer, Parsed};
 use crate::protocol::{self, check_args, Param, ParamKind, QmpError, Request};
@@ -41,6 +42,10 @@ pub trait Machine {
     fn commands(&self) -> Vec<CommandSpec>;
     /// Runs `name` with arguments already checked against its [`CommandSpec`].
     fn execute(&mut self, name: &str, args: &Map<String, Value>) -> Result<Value, QmpError>;
+    /// How many vCPUs the machine has (`human-monitor-command`'s `cpu-index` must name one).
+    fn cpu_count(&self) -> usize {
+        0
+    }
 }
 
 /// Where a monitor listens (or connects, for client mode).
@@ -504,6 +509,7 @@ impl Monitor {
             )),
             "query-version" => check_args(&[], &arguments).map(|_| protocol::version_info()),
             "query-commands" => check_args(&[], &arguments).map(|_| self.query_commands()),
+            "human-monitor-command" => self.human_monitor_command(&arguments),
             name if name.starts_with("guest-") && self.proxy.is_some() => {
                 let proxy = self.proxy.clone()?;
                 let r = proxy
@@ -533,11 +539,65 @@ impl Monitor {
         })
     }
 
+    /// `human-monitor-command`: an HMP line run on the machine's QMP commands (see [`crate::hmp`]).
+    fn human_monitor_command(&mut self, args: &Map<String, Value>) -> Result<Value, QmpError> {
+        const PARAMS: &[Param] = &[
+            Param {
+                name: "command-line",
+                kind: ParamKind::Str,
+                required: true,
+            },
+            Param {
+                name: "cpu-index",
+                kind: ParamKind::Int,
+                required: false,
+            },
+        ];
+        check_args(PARAMS, args)?;
+        if let Some(i) = args.get("cpu-index") {
+            // It must name a CPU, as in QEMU; none of our HMP commands uses it. CPU 0 is
+            // accepted on a machine without CPUs too (QEMU refuses it there), because
+            // `qmp-shell -H` always sends `cpu-index: 0`.
+            let cpus = self.machine.cpu_count().max(1) as u64;
+            if i.as_u64().is_none_or(|i| i >= cpus) {
+                return Err(QmpError::generic(
+                    "Parameter 'cpu-index' expects a CPU number",
+                ));
+            }
+        }
+        let line = args["command-line"].as_str().unwrap_or_default();
+        let specs = self.machine.commands();
+        let has = |name: &str| name == "query-version" || specs.iter().any(|c| c.name == name);
+        let machine = &mut self.machine;
+        let mut exec = |name: &str, a: Map<String, Value>| match name {
+            "query-version" => Ok(protocol::version_info()),
+            _ => match specs.iter().find(|c| c.name == name) {
+                Some(spec) => check_args(spec.params, &a).and_then(|_| machine.execute(name, &a)),
+                None => Err(QmpError::not_found(format!(
+                    "The command {name} has not been found"
+                ))),
+            },
+        };
+        let out = hmp::run(
+            line,
+            &mut hmp::Target {
+                has: &has,
+                exec: &mut exec,
+            },
+        );
+        Ok(Value::String(out))
+    }
+
     fn query_commands(&self) -> Value {
-        let mut names: Vec<String> = ["qmp_capabilities", "query-version", "query-commands"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut names: Vec<String> = [
+            "qmp_capabilities",
+            "query-version",
+            "query-commands",
+            "human-monitor-command",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         names.extend(self.machine.commands().iter().map(|c| c.name.to_string()));
         if let Some(p) = &self.proxy {
             names.extend(

@@ -124,7 +124,7 @@ impl NoneMachine {
         let cd = cds
             .iter()
             .find(|c| c.id() == id)
-            .ok_or_else(|| QmpError::generic(format!("Chardev '{id}' not found")))?;
+            .ok_or_else(|| QmpError::generic(format!("Device '{id}' not found")))?;
         if !cd.is_ringbuf() {
             return Err(QmpError::generic(format!("{id} is not a ringbuf device")));
         }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -71,9 +72,55 @@ fn qmp_shell_works_unmodified() {
         text.contains(r#"{"return": {"name": "shelltest"}}"#),
         "{text}"
     );
-    assert!(
-        text.contains(r#""desc": "Chardev 'x' not found""#),
-        "{text}"
-    );
+    assert!(text.contains(r#""desc": "Device 'x' not found""#), "{text}");
     assert!(text.contains(r#""class": "CommandNotFound""#), "{text}");
+}
+
+#[test]
+fn qmp_shell_hmp_mode_works() {
+    let py = venv_python();
+    let shell = py.parent().unwrap().join("qmp-shell");
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = Vmm::start(
+        dir.path(),
+        &["-name", "hmptest", "-chardev", "ringbuf,id=rb,size=16"],
+    );
+    let mut child = Command::new(shell)
+        .arg("-H")
+        .arg(&vmm.qmp)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"info status\nstop\ninfo status\ninfo name\nringbuf_write rb \"hi there\"\n\
+              ringbuf_read rb 20\nringbuf_read nope 1\nnope\nhelp stop\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{stderr}");
+    assert!(text.contains("Welcome to the HMP shell!"), "{text}");
+    for want in [
+        "VM status: running",
+        "VM status: paused",
+        "hmptest",
+        "hi there",
+        "Error: Device 'nope' not found",
+        "unknown command: 'nope'",
+        "stop|s  -- stop emulation",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    // The HMP `stop` really stopped the machine.
+    let mut c = vmm.client();
+    let st = c.execute("query-status", Value::Null).unwrap().unwrap();
+    assert_eq!(st["status"], "paused");
 }

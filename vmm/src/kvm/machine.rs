@@ -537,6 +537,10 @@ impl Machine for KvmMachine {
         v
     }
 
+    fn cpu_count(&self) -> usize {
+        self.vm.cfg.vcpus as usize
+    }
+
     fn execute(&mut self, name: &str, args: &Map<String, Value>) -> Result<Value, QmpError> {
         let st = self.none.state.clone();
         match name {
