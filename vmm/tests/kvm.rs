@@ -16,15 +16,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const AGENT_PORT: &str = "org.qemu.guest_agent.0";
-
-fn kvm_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(|_| ())
-        .map_err(|e| format!("/dev/kvm: {e}"))
-}
+/// A virtio-serial port on a null chardev (the serial tests need the device, not its data).
+const NULL_PORT: [&str; 6] = [
+    "-chardev",
+    "null,id=c0",
+    "-device",
+    "virtio-serial",
+    "-device",
+    "virtserialport,chardev=c0,name=test",
+];
 
 /// Builds the tiny guest once; Err(reason) when it cannot be built here.
 fn tiny_guest() -> Result<PathBuf, String> {
@@ -49,31 +49,24 @@ fn tiny_guest() -> Result<PathBuf, String> {
 }
 
 fn prerequisites() -> Option<PathBuf> {
-    if let Err(e) = kvm_usable() {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
-        return None;
-    }
-    match tiny_guest() {
+    match kvm_usable().and_then(|()| tiny_guest()) {
         Ok(p) => Some(p),
         Err(e) => {
-            let _ =
-                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
+            skipped(e);
             None
         }
     }
 }
 
+/// A KVM machine with the agent port and its serial output in a file.
 struct KvmVm {
-    proc: Proc,
-    qmp: PathBuf,
+    vmm: Vmm,
     serial: PathBuf,
-    log: PathBuf,
 }
 
+/// Starts the machine with `-qmp ...,wait=on`: the guest runs once a client connected.
 fn start_vm(dir: &Path, kernel: &Path, append: &str, extra: &[&str]) -> KvmVm {
-    let qmp = dir.join("qmp.sock");
     let serial = dir.join("serial.log");
-    let log = dir.join("vmm.log");
     let mut args: Vec<String> = vec![
         "-kernel".into(),
         kernel.display().to_string(),
@@ -83,8 +76,6 @@ fn start_vm(dir: &Path, kernel: &Path, append: &str, extra: &[&str]) -> KvmVm {
         "64M".into(),
         "-serial".into(),
         format!("file:{}", serial.display()),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=on", qmp.display()),
         "-chardev".into(),
         "qmp_proxy,id=qga0".into(),
         "-device".into(),
@@ -93,38 +84,13 @@ fn start_vm(dir: &Path, kernel: &Path, append: &str, extra: &[&str]) -> KvmVm {
         format!("virtserialport,chardev=qga0,name={AGENT_PORT},id=agentport"),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start vmm");
-    wait_for_path(&qmp, Duration::from_secs(10));
     KvmVm {
-        proc: Proc { child, name: "vmm" },
-        qmp,
+        vmm: Vmm::launch(dir, &args, true, &[]),
         serial,
-        log,
     }
 }
 
 impl KvmVm {
-    fn client(&self) -> qmp::client::QmpClient {
-        // The socket file appears at bind(), a moment before listen(): retry briefly.
-        let t = Instant::now();
-        loop {
-            match qmp::client::QmpClient::connect(&qmp::SocketAddr::Unix(self.qmp.clone())) {
-                Ok(c) => return c,
-                Err(_) if t.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("QMP connect: {e}"),
-            }
-        }
-    }
-
     fn serial_text(&self) -> String {
         std::fs::read_to_string(&self.serial).unwrap_or_default()
     }
@@ -137,7 +103,7 @@ impl KvmVm {
                 t.elapsed() < limit,
                 "no '{needle}' x{count} on the serial port within {limit:?}; serial:\n{}\nvmm log:\n{}",
                 self.serial_text(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+                self.vmm.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -169,7 +135,7 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = start_vm(dir.path(), &kernel, "console=ttyS0", &["-smp", "2"]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     let ev = wait_port_change(&mut c, true);
     assert_eq!(ev["data"]["id"], "agentport");
     vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
@@ -266,7 +232,7 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
         ev["data"],
         json!({"guest": false, "reason": "host-qmp-quit"})
     );
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
 }
 
 /// The same guest as an ELF kernel and as a bzImage (both entered at their 64-bit entry point)
@@ -282,14 +248,14 @@ fn guest_power_off_ends_the_vm_elf_and_bzimage() {
             "console=ttyS0 tinyguest.poweroff",
             &["-smp", "1"],
         );
-        let mut c = vm.client();
+        let mut c = vm.vmm.client();
         wait_port_change(&mut c, true);
         let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
         assert_eq!(
             ev["data"],
             json!({"guest": true, "reason": "guest-shutdown"})
         );
-        assert!(vm.proc.wait(Duration::from_secs(10)).success());
+        assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
         let serial = vm.serial_text();
         for line in [
             "tinyguest: hello from 64-bit long mode",
@@ -324,7 +290,7 @@ fn tiny_guest_boots_through_pvh() {
         "console=ttyS0",
         &["-smp", "2", "-initrd", initrd.to_str().unwrap()],
     );
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     let ev = wait_port_change(&mut c, true);
     assert_eq!(ev["data"]["id"], "agentport");
     vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
@@ -367,7 +333,7 @@ fn tiny_guest_boots_through_pvh() {
         ev["data"],
         json!({"guest": true, "reason": "guest-shutdown"})
     );
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
     assert!(!vm.serial_text().contains("FAIL"), "{}", vm.serial_text());
 }
 
@@ -470,7 +436,7 @@ fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vm = start_vm(dir.path(), &kernel, "tinyguest.reboot", &[]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     for _ in 0..2 {
         let ev = c
             .wait_event("RESET", Duration::from_secs(60))
@@ -478,7 +444,7 @@ fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
                 panic!(
                     "no RESET: {e}; serial:\n{}\nvmm log:\n{}",
                     vm.serial_text(),
-                    std::fs::read_to_string(&vm.log).unwrap_or_default()
+                    vm.vmm.log_text()
                 )
             });
         assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
@@ -494,10 +460,10 @@ fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut vm = start_vm(dir.path(), &kernel, "tinyguest.reboot", &["-no-reboot"]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
     assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
     assert_eq!(
         vm.serial_text()
             .matches("tinyguest: hello from 64-bit long mode")
@@ -514,28 +480,20 @@ fn serial_chardev_carries_output_and_input_with_interrupts() {
     };
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("serial.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
+    let _vm = spawn_vmm(
+        [
             "-kernel",
             &kernel.display().to_string(),
             "-chardev",
             &format!("socket,id=ser0,path={},server=on,wait=on", sock.display()),
             "-serial",
             "chardev:ser0",
-            "-chardev",
-            "null,id=c0",
-            "-device",
-            "virtio-serial",
-            "-device",
-            "virtserialport,chardev=c0,name=test",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _vm = Proc { child, name: "vmm" };
-    wait_for_path(&sock, Duration::from_secs(10));
+        ]
+        .iter()
+        .chain(&NULL_PORT),
+        &dir.path().join("vmm.log"),
+        &[&sock],
+    );
     // The socket file appears at bind(), a moment before listen(): retry briefly.
     let t = Instant::now();
     let mut s = loop {
@@ -596,18 +554,8 @@ fn serial_stdio_carries_output_and_input() {
         return;
     };
     let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "-kernel",
-            &kernel.display().to_string(),
-            "-serial",
-            "stdio",
-            "-chardev",
-            "null,id=c0",
-            "-device",
-            "virtio-serial",
-            "-device",
-            "virtserialport,chardev=c0,name=test",
-        ])
+        .args(["-kernel", &kernel.display().to_string(), "-serial", "stdio"])
+        .args(NULL_PORT)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -646,7 +594,7 @@ fn system_powerdown_presses_the_acpi_power_button() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = start_vm(dir.path(), &kernel, "console=ttyS0", &[]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     // The guest routes the GED's interrupt (found in the DSDT) before it takes serial input.
     vm.wait_serial("tinyguest: serial input on", 1, Duration::from_secs(30));
     assert!(vm
@@ -659,7 +607,7 @@ fn system_powerdown_presses_the_acpi_power_button() {
         ev["data"],
         json!({"guest": true, "reason": "guest-shutdown"})
     );
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
     assert!(vm.serial_text().contains("tinyguest: power button pressed"));
 }
 
@@ -670,7 +618,7 @@ fn start_paused_runs_nothing_until_cont() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vm = start_vm(dir.path(), &kernel, "console=ttyS0", &["-S"]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(status(&mut c), "prelaunch");
     assert_eq!(vm.serial_text(), "");
@@ -691,10 +639,7 @@ fn the_pvh_tiny_guest_also_boots_on_qemu() {
     let Some(elf) = prerequisites() else { return };
     let qemu = "qemu-system-x86_64";
     if Command::new(qemu).arg("--version").output().is_err() {
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("skipped: {qemu} not found\n"),
-        );
+        skipped(format_args!("{qemu} not found"));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
