@@ -121,6 +121,47 @@ fn wait_port_change(c: &mut qmp::client::QmpClient, open: bool) -> Value {
     }
 }
 
+/// Connects to the machine (started with `wait=on`, so the guest runs now), waits for the
+/// guest to open the agent port (VSERPORT_CHANGE for `agentport`, then on its serial port);
+/// returns the client and the serial output so far.
+fn boot_to_port_open(vm: &KvmVm) -> (qmp::client::QmpClient, String) {
+    let mut c = vm.vmm.client();
+    let ev = wait_port_change(&mut c, true);
+    assert_eq!(ev["data"]["id"], "agentport");
+    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
+    (c, vm.serial_text())
+}
+
+/// system_reset: the port closes, the guest boots again (boot number `boot`) and re-opens it;
+/// returns the RESET event.
+fn reset_to_port_open(c: &mut qmp::client::QmpClient, vm: &KvmVm, boot: usize) -> Value {
+    c.execute("system_reset", Value::Null).unwrap().unwrap();
+    let ev = c.wait_event("RESET", Duration::from_secs(5)).unwrap();
+    wait_port_change(c, false);
+    wait_port_change(c, true);
+    vm.wait_serial("tinyguest: port 1 open", boot, Duration::from_secs(30));
+    ev
+}
+
+/// system_powerdown: the guest sees the power button and powers off; the vmm exits with 0.
+fn power_button_powers_off(c: &mut qmp::client::QmpClient, vm: &mut KvmVm) {
+    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
+    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
+    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        ev["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
+}
+
+/// Each of `lines` is in `serial`.
+fn assert_lines(serial: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
+    }
+}
+
 fn status(c: &mut qmp::client::QmpClient) -> String {
     c.execute("query-status", Value::Null).unwrap().unwrap()["status"]
         .as_str()
@@ -135,27 +176,24 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = start_vm(dir.path(), &kernel, "console=ttyS0", &["-smp", "2"]);
-    let mut c = vm.vmm.client();
-    let ev = wait_port_change(&mut c, true);
-    assert_eq!(ev["data"]["id"], "agentport");
-    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
-    let serial = vm.serial_text();
-    for line in [
-        "tinyguest: hello from 64-bit long mode",
-        "tinyguest: RSDP at 0xe0000 (boot params say 0xe0000)",
-        "(2 CPUs)",
-        // SMP: the BSP starts the AP through the LAPIC (INIT, SIPI); the AP itself prints.
-        "tinyguest: starting AP 1 (INIT, SIPI vector 0x3)\r\ntinyguest: AP up in real mode, APIC id 0x1\r\n",
-        "tinyguest: AP with APIC id 1 started",
-        "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
-        "virtio_mmio.device=512@0xd0000000:5",
-        "tinyguest: <- DEVICE_ADD id=1 value=1",
-        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
-        "tinyguest: IOAPIC 0xfec00000 pin 5 -> vector 0x30, LAPIC 0xfee00000",
-        "tinyguest: interrupt status 0x1, ",
-    ] {
-        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
-    }
+    let (mut c, serial) = boot_to_port_open(&vm);
+    assert_lines(
+        &serial,
+        &[
+            "tinyguest: hello from 64-bit long mode",
+            "tinyguest: RSDP at 0xe0000 (boot params say 0xe0000)",
+            "(2 CPUs)",
+            // SMP: the BSP starts the AP through the LAPIC (INIT, SIPI); the AP itself prints.
+            "tinyguest: starting AP 1 (INIT, SIPI vector 0x3)\r\ntinyguest: AP up in real mode, APIC id 0x1\r\n",
+            "tinyguest: AP with APIC id 1 started",
+            "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
+            "virtio_mmio.device=512@0xd0000000:5",
+            "tinyguest: <- DEVICE_ADD id=1 value=1",
+            &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+            "tinyguest: IOAPIC 0xfec00000 pin 5 -> vector 0x30, LAPIC 0xfee00000",
+            "tinyguest: interrupt status 0x1, ",
+        ],
+    );
     // The device's edges reached the vCPU through irqfd -> IOAPIC -> LAPIC (the guest sleeps in
     // hlt until they come), and nothing else was delivered.
     let irqs: u32 = serial
@@ -185,15 +223,11 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     assert_eq!(status(&mut c), "running");
 
     // system_reset: the guest boots again and re-opens its port.
-    c.execute("system_reset", Value::Null).unwrap().unwrap();
-    let ev = c.wait_event("RESET", Duration::from_secs(5)).unwrap();
+    let ev = reset_to_port_open(&mut c, &vm, 2);
     assert_eq!(
         ev["data"],
         json!({"guest": false, "reason": "host-qmp-system-reset"})
     );
-    wait_port_change(&mut c, false);
-    wait_port_change(&mut c, true);
-    vm.wait_serial("tinyguest: port 1 open", 2, Duration::from_secs(30));
     vm.wait_serial(
         "tinyguest: hello from 64-bit long mode",
         2,
@@ -290,35 +324,28 @@ fn tiny_guest_boots_through_pvh() {
         "console=ttyS0",
         &["-smp", "2", "-initrd", initrd.to_str().unwrap()],
     );
-    let mut c = vm.vmm.client();
-    let ev = wait_port_change(&mut c, true);
-    assert_eq!(ev["data"]["id"], "agentport");
-    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
-    let serial = vm.serial_text();
-    for line in [
-        "tinyguest: PVH entry: cs=0x28 cr0=0x11 efer=0x0, start_info at 0x6000",
-        "tinyguest: hvm_start_info version 1, 1 modules (module 0: 12345 bytes at ",
-        "tinyguest: hello from 64-bit long mode",
-        "tinyguest: command line: console=ttyS0",
-        "tinyguest: e820: 3 entries, 63 MiB RAM",
-        "tinyguest: RSDP at 0xe0000 (start_info says 0xe0000)",
-        "(2 CPUs)",
-        "tinyguest: AP up in real mode, APIC id 0x1",
-        "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
-        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
-        "tinyguest: interrupt status 0x1, ",
-        " interrupts on vector 0x30, 0 others",
-    ] {
-        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
-    }
+    let (mut c, serial) = boot_to_port_open(&vm);
+    assert_lines(
+        &serial,
+        &[
+            "tinyguest: PVH entry: cs=0x28 cr0=0x11 efer=0x0, start_info at 0x6000",
+            "tinyguest: hvm_start_info version 1, 1 modules (module 0: 12345 bytes at ",
+            "tinyguest: hello from 64-bit long mode",
+            "tinyguest: command line: console=ttyS0",
+            "tinyguest: e820: 3 entries, 63 MiB RAM",
+            "tinyguest: RSDP at 0xe0000 (start_info says 0xe0000)",
+            "(2 CPUs)",
+            "tinyguest: AP up in real mode, APIC id 0x1",
+            "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
+            &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+            "tinyguest: interrupt status 0x1, ",
+            " interrupts on vector 0x30, 0 others",
+        ],
+    );
     assert!(!serial.contains("FAIL"), "{serial}");
 
     vm.wait_serial("tinyguest: serial input on", 1, Duration::from_secs(30));
-    c.execute("system_reset", Value::Null).unwrap().unwrap();
-    c.wait_event("RESET", Duration::from_secs(5)).unwrap();
-    wait_port_change(&mut c, false);
-    wait_port_change(&mut c, true);
-    vm.wait_serial("tinyguest: port 1 open", 2, Duration::from_secs(30));
+    reset_to_port_open(&mut c, &vm, 2);
     vm.wait_serial(
         "tinyguest: PVH entry: cs=0x28 cr0=0x11 ",
         2,
@@ -326,14 +353,7 @@ fn tiny_guest_boots_through_pvh() {
     );
 
     vm.wait_serial("tinyguest: serial input on", 2, Duration::from_secs(30));
-    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
-    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
-    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        ev["data"],
-        json!({"guest": true, "reason": "guest-shutdown"})
-    );
-    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
+    power_button_powers_off(&mut c, &mut vm);
     assert!(!vm.serial_text().contains("FAIL"), "{}", vm.serial_text());
 }
 
@@ -600,14 +620,7 @@ fn system_powerdown_presses_the_acpi_power_button() {
     assert!(vm
         .serial_text()
         .contains("tinyguest: power button: GED (ACPI0013) gsi 10"));
-    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
-    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
-    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        ev["data"],
-        json!({"guest": true, "reason": "guest-shutdown"})
-    );
-    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
+    power_button_powers_off(&mut c, &mut vm);
     assert!(vm.serial_text().contains("tinyguest: power button pressed"));
 }
 
@@ -696,17 +709,18 @@ fn the_pvh_tiny_guest_also_boots_on_qemu() {
     }
     proc.kill();
     let serial = text();
-    for line in [
-        "tinyguest: PVH entry: cs=",
-        " cr0=0x11 efer=0x0, start_info at ",
-        "tinyguest: hello from 64-bit long mode",
-        " (start_info says ",
-        "(2 CPUs)",
-        "tinyguest: AP up in real mode, APIC id 0x1",
-        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
-        "tinyguest: port 1 open",
-    ] {
-        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
-    }
+    assert_lines(
+        &serial,
+        &[
+            "tinyguest: PVH entry: cs=",
+            " cr0=0x11 efer=0x0, start_info at ",
+            "tinyguest: hello from 64-bit long mode",
+            " (start_info says ",
+            "(2 CPUs)",
+            "tinyguest: AP up in real mode, APIC id 0x1",
+            &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+            "tinyguest: port 1 open",
+        ],
+    );
     assert!(!serial.contains("FAIL"), "{serial}");
 }
