@@ -20,7 +20,25 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn run(event_idx: bool) {
+/// The device's side when it runs in its own thread, as the VMM's event loop: it serves the
+/// guest's queue notifications (ioeventfds) and writes its bytes to port 1 in host writes of
+/// a fixed size as the guest takes them.
+struct DeviceThread {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl DeviceThread {
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
+/// A guest with port 1 (serial, 16-entry data queues, 8 receive buffers) probed and open;
+/// from then on the device runs in its own thread, writing `to_guest` in `chunk`-byte host
+/// writes.
+fn start(event_idx: bool, to_guest: Vec<u8>, chunk: usize) -> (Guest, HostEnd, DeviceThread) {
     let host = HostEnd::default();
     let mut g = new_guest(
         ConsoleConfig {
@@ -46,11 +64,8 @@ fn run(event_idx: bool) {
     g.ioevents = Some(fds.clone());
     let dev = g.dev.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let to_guest = pattern(3 << 20, 1);
-    let to_host = pattern(2 << 20, 2);
-    let device = {
+    let thread = {
         let stop = stop.clone();
-        let src = to_guest.clone();
         thread::spawn(move || {
             let mut sent = 0;
             while !stop.load(Ordering::SeqCst) {
@@ -61,12 +76,12 @@ fn run(event_idx: bool) {
                         busy = true;
                     }
                 }
-                if sent < src.len() {
-                    let end = (sent + 3000).min(src.len());
+                if sent < to_guest.len() {
+                    let end = (sent + chunk).min(to_guest.len());
                     let n = dev
                         .lock()
                         .unwrap()
-                        .with_device_io(|c, io| c.port_write_io(io, 1, &src[sent..end]))
+                        .with_device_io(|c, io| c.port_write_io(io, 1, &to_guest[sent..end]))
                         .unwrap();
                     sent += n;
                     busy |= n > 0;
@@ -77,6 +92,13 @@ fn run(event_idx: bool) {
             }
         })
     };
+    (g, host, DeviceThread { stop, thread })
+}
+
+fn run(event_idx: bool) {
+    let to_guest = pattern(3 << 20, 1);
+    let to_host = pattern(2 << 20, 2);
+    let (mut g, host, device) = start(event_idx, to_guest.clone(), 3000);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut off = 0;
@@ -116,8 +138,7 @@ fn run(event_idx: bool) {
             }
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    device.join().unwrap();
+    device.stop();
     assert!(host.received() == to_host, "guest->host bytes differ");
     assert!(got == to_guest, "host->guest bytes differ");
 }
@@ -139,59 +160,8 @@ fn concurrent_transfer_without_event_idx() {
 /// unacknowledged). If a used buffer were published without an interrupt the guest would see
 /// later, the transfer would stall and fail at the deadline.
 fn interrupt_driven_receive(event_idx: bool) {
-    let host = HostEnd::default();
-    let mut g = new_guest(
-        ConsoleConfig {
-            max_nr_ports: 2,
-            data_queue_size: 16,
-            ..Default::default()
-        },
-        vec![(PortConfig::serial(1, "a"), host.clone())],
-    );
-    g.probe(ProbeOpts {
-        event_idx,
-        rx_count: 8,
-        ..Default::default()
-    });
-    g.set_open(1, true);
-    let fds: Arc<Vec<EventFd>> = Arc::new(
-        (0..g.vqs.len())
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect(),
-    );
-    g.ioevents = Some(fds.clone());
-    let dev = g.dev.clone();
-    let stop = Arc::new(AtomicBool::new(false));
     let to_guest = pattern(4 << 20, 3);
-    let device = {
-        let stop = stop.clone();
-        let src = to_guest.clone();
-        thread::spawn(move || {
-            let mut sent = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let mut busy = false;
-                for (i, fd) in fds.iter().enumerate() {
-                    if fd.read().is_ok() {
-                        dev.lock().unwrap().queue_notify(i as u16);
-                        busy = true;
-                    }
-                }
-                if sent < src.len() {
-                    let end = (sent + 4096).min(src.len());
-                    let n = dev
-                        .lock()
-                        .unwrap()
-                        .with_device_io(|c, io| c.port_write_io(io, 1, &src[sent..end]))
-                        .unwrap();
-                    sent += n;
-                    busy |= n > 0;
-                }
-                if !busy {
-                    thread::yield_now();
-                }
-            }
-        })
-    };
+    let (mut g, _host, device) = start(event_idx, to_guest.clone(), 4096);
     let q = devices::virtio::console::rx_queue_index(1);
     let drain = |g: &mut Guest, got: &mut Vec<u8>| {
         let vq = g.vqs.get_mut(&q).unwrap();
@@ -225,8 +195,7 @@ fn interrupt_driven_receive(event_idx: bool) {
         drain(&mut g, &mut got);
         g.kick(q);
     }
-    stop.store(true, Ordering::SeqCst);
-    device.join().unwrap();
+    device.stop();
     assert!(got == to_guest, "host->guest bytes differ");
 }
 

@@ -16,15 +16,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const AGENT_PORT: &str = "org.qemu.guest_agent.0";
-
-fn kvm_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(|_| ())
-        .map_err(|e| format!("/dev/kvm: {e}"))
-}
+/// A virtio-serial port on a null chardev (the serial tests need the device, not its data).
+const NULL_PORT: [&str; 6] = [
+    "-chardev",
+    "null,id=c0",
+    "-device",
+    "virtio-serial",
+    "-device",
+    "virtserialport,chardev=c0,name=test",
+];
 
 /// Builds the tiny guest once; Err(reason) when it cannot be built here.
 fn tiny_guest() -> Result<PathBuf, String> {
@@ -49,31 +49,24 @@ fn tiny_guest() -> Result<PathBuf, String> {
 }
 
 fn prerequisites() -> Option<PathBuf> {
-    if let Err(e) = kvm_usable() {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
-        return None;
-    }
-    match tiny_guest() {
+    match kvm_usable().and_then(|()| tiny_guest()) {
         Ok(p) => Some(p),
         Err(e) => {
-            let _ =
-                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
+            skipped(e);
             None
         }
     }
 }
 
+/// A KVM machine with the agent port and its serial output in a file.
 struct KvmVm {
-    proc: Proc,
-    qmp: PathBuf,
+    vmm: Vmm,
     serial: PathBuf,
-    log: PathBuf,
 }
 
+/// Starts the machine with `-qmp ...,wait=on`: the guest runs once a client connected.
 fn start_vm(dir: &Path, kernel: &Path, append: &str, extra: &[&str]) -> KvmVm {
-    let qmp = dir.join("qmp.sock");
     let serial = dir.join("serial.log");
-    let log = dir.join("vmm.log");
     let mut args: Vec<String> = vec![
         "-kernel".into(),
         kernel.display().to_string(),
@@ -83,8 +76,6 @@ fn start_vm(dir: &Path, kernel: &Path, append: &str, extra: &[&str]) -> KvmVm {
         "64M".into(),
         "-serial".into(),
         format!("file:{}", serial.display()),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=on", qmp.display()),
         "-chardev".into(),
         "qmp_proxy,id=qga0".into(),
         "-device".into(),
@@ -93,38 +84,13 @@ fn start_vm(dir: &Path, kernel: &Path, append: &str, extra: &[&str]) -> KvmVm {
         format!("virtserialport,chardev=qga0,name={AGENT_PORT},id=agentport"),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start vmm");
-    wait_for_path(&qmp, Duration::from_secs(10));
     KvmVm {
-        proc: Proc { child, name: "vmm" },
-        qmp,
+        vmm: Vmm::launch(dir, &args, true, &[]),
         serial,
-        log,
     }
 }
 
 impl KvmVm {
-    fn client(&self) -> qmp::client::QmpClient {
-        // The socket file appears at bind(), a moment before listen(): retry briefly.
-        let t = Instant::now();
-        loop {
-            match qmp::client::QmpClient::connect(&qmp::SocketAddr::Unix(self.qmp.clone())) {
-                Ok(c) => return c,
-                Err(_) if t.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("QMP connect: {e}"),
-            }
-        }
-    }
-
     fn serial_text(&self) -> String {
         std::fs::read_to_string(&self.serial).unwrap_or_default()
     }
@@ -137,7 +103,7 @@ impl KvmVm {
                 t.elapsed() < limit,
                 "no '{needle}' x{count} on the serial port within {limit:?}; serial:\n{}\nvmm log:\n{}",
                 self.serial_text(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+                self.vmm.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -155,6 +121,47 @@ fn wait_port_change(c: &mut qmp::client::QmpClient, open: bool) -> Value {
     }
 }
 
+/// Connects to the machine (started with `wait=on`, so the guest runs now), waits for the
+/// guest to open the agent port (VSERPORT_CHANGE for `agentport`, then on its serial port);
+/// returns the client and the serial output so far.
+fn boot_to_port_open(vm: &KvmVm) -> (qmp::client::QmpClient, String) {
+    let mut c = vm.vmm.client();
+    let ev = wait_port_change(&mut c, true);
+    assert_eq!(ev["data"]["id"], "agentport");
+    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
+    (c, vm.serial_text())
+}
+
+/// system_reset: the port closes, the guest boots again (boot number `boot`) and re-opens it;
+/// returns the RESET event.
+fn reset_to_port_open(c: &mut qmp::client::QmpClient, vm: &KvmVm, boot: usize) -> Value {
+    c.execute("system_reset", Value::Null).unwrap().unwrap();
+    let ev = c.wait_event("RESET", Duration::from_secs(5)).unwrap();
+    wait_port_change(c, false);
+    wait_port_change(c, true);
+    vm.wait_serial("tinyguest: port 1 open", boot, Duration::from_secs(30));
+    ev
+}
+
+/// system_powerdown: the guest sees the power button and powers off; the vmm exits with 0.
+fn power_button_powers_off(c: &mut qmp::client::QmpClient, vm: &mut KvmVm) {
+    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
+    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
+    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        ev["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
+}
+
+/// Each of `lines` is in `serial`.
+fn assert_lines(serial: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
+    }
+}
+
 fn status(c: &mut qmp::client::QmpClient) -> String {
     c.execute("query-status", Value::Null).unwrap().unwrap()["status"]
         .as_str()
@@ -169,27 +176,24 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = start_vm(dir.path(), &kernel, "console=ttyS0", &["-smp", "2"]);
-    let mut c = vm.client();
-    let ev = wait_port_change(&mut c, true);
-    assert_eq!(ev["data"]["id"], "agentport");
-    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
-    let serial = vm.serial_text();
-    for line in [
-        "tinyguest: hello from 64-bit long mode",
-        "tinyguest: RSDP at 0xe0000 (boot params say 0xe0000)",
-        "(2 CPUs)",
-        // SMP: the BSP starts the AP through the LAPIC (INIT, SIPI); the AP itself prints.
-        "tinyguest: starting AP 1 (INIT, SIPI vector 0x3)\r\ntinyguest: AP up in real mode, APIC id 0x1\r\n",
-        "tinyguest: AP with APIC id 1 started",
-        "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
-        "virtio_mmio.device=512@0xd0000000:5",
-        "tinyguest: <- DEVICE_ADD id=1 value=1",
-        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
-        "tinyguest: IOAPIC 0xfec00000 pin 5 -> vector 0x30, LAPIC 0xfee00000",
-        "tinyguest: interrupt status 0x1, ",
-    ] {
-        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
-    }
+    let (mut c, serial) = boot_to_port_open(&vm);
+    assert_lines(
+        &serial,
+        &[
+            "tinyguest: hello from 64-bit long mode",
+            "tinyguest: RSDP at 0xe0000 (boot params say 0xe0000)",
+            "(2 CPUs)",
+            // SMP: the BSP starts the AP through the LAPIC (INIT, SIPI); the AP itself prints.
+            "tinyguest: starting AP 1 (INIT, SIPI vector 0x3)\r\ntinyguest: AP up in real mode, APIC id 0x1\r\n",
+            "tinyguest: AP with APIC id 1 started",
+            "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
+            "virtio_mmio.device=512@0xd0000000:5",
+            "tinyguest: <- DEVICE_ADD id=1 value=1",
+            &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+            "tinyguest: IOAPIC 0xfec00000 pin 5 -> vector 0x30, LAPIC 0xfee00000",
+            "tinyguest: interrupt status 0x1, ",
+        ],
+    );
     // The device's edges reached the vCPU through irqfd -> IOAPIC -> LAPIC (the guest sleeps in
     // hlt until they come), and nothing else was delivered.
     let irqs: u32 = serial
@@ -219,15 +223,11 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     assert_eq!(status(&mut c), "running");
 
     // system_reset: the guest boots again and re-opens its port.
-    c.execute("system_reset", Value::Null).unwrap().unwrap();
-    let ev = c.wait_event("RESET", Duration::from_secs(5)).unwrap();
+    let ev = reset_to_port_open(&mut c, &vm, 2);
     assert_eq!(
         ev["data"],
         json!({"guest": false, "reason": "host-qmp-system-reset"})
     );
-    wait_port_change(&mut c, false);
-    wait_port_change(&mut c, true);
-    vm.wait_serial("tinyguest: port 1 open", 2, Duration::from_secs(30));
     vm.wait_serial(
         "tinyguest: hello from 64-bit long mode",
         2,
@@ -266,7 +266,7 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
         ev["data"],
         json!({"guest": false, "reason": "host-qmp-quit"})
     );
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
 }
 
 /// The same guest as an ELF kernel and as a bzImage (both entered at their 64-bit entry point)
@@ -282,14 +282,14 @@ fn guest_power_off_ends_the_vm_elf_and_bzimage() {
             "console=ttyS0 tinyguest.poweroff",
             &["-smp", "1"],
         );
-        let mut c = vm.client();
+        let mut c = vm.vmm.client();
         wait_port_change(&mut c, true);
         let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
         assert_eq!(
             ev["data"],
             json!({"guest": true, "reason": "guest-shutdown"})
         );
-        assert!(vm.proc.wait(Duration::from_secs(10)).success());
+        assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
         let serial = vm.serial_text();
         for line in [
             "tinyguest: hello from 64-bit long mode",
@@ -324,35 +324,28 @@ fn tiny_guest_boots_through_pvh() {
         "console=ttyS0",
         &["-smp", "2", "-initrd", initrd.to_str().unwrap()],
     );
-    let mut c = vm.client();
-    let ev = wait_port_change(&mut c, true);
-    assert_eq!(ev["data"]["id"], "agentport");
-    vm.wait_serial("tinyguest: port 1 open", 1, Duration::from_secs(30));
-    let serial = vm.serial_text();
-    for line in [
-        "tinyguest: PVH entry: cs=0x28 cr0=0x11 efer=0x0, start_info at 0x6000",
-        "tinyguest: hvm_start_info version 1, 1 modules (module 0: 12345 bytes at ",
-        "tinyguest: hello from 64-bit long mode",
-        "tinyguest: command line: console=ttyS0",
-        "tinyguest: e820: 3 entries, 63 MiB RAM",
-        "tinyguest: RSDP at 0xe0000 (start_info says 0xe0000)",
-        "(2 CPUs)",
-        "tinyguest: AP up in real mode, APIC id 0x1",
-        "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
-        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
-        "tinyguest: interrupt status 0x1, ",
-        " interrupts on vector 0x30, 0 others",
-    ] {
-        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
-    }
+    let (mut c, serial) = boot_to_port_open(&vm);
+    assert_lines(
+        &serial,
+        &[
+            "tinyguest: PVH entry: cs=0x28 cr0=0x11 efer=0x0, start_info at 0x6000",
+            "tinyguest: hvm_start_info version 1, 1 modules (module 0: 12345 bytes at ",
+            "tinyguest: hello from 64-bit long mode",
+            "tinyguest: command line: console=ttyS0",
+            "tinyguest: e820: 3 entries, 63 MiB RAM",
+            "tinyguest: RSDP at 0xe0000 (start_info says 0xe0000)",
+            "(2 CPUs)",
+            "tinyguest: AP up in real mode, APIC id 0x1",
+            "tinyguest: virtio-mmio (LNRO0005) at 0xd0000000 size 0x200 gsi 5 edge",
+            &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+            "tinyguest: interrupt status 0x1, ",
+            " interrupts on vector 0x30, 0 others",
+        ],
+    );
     assert!(!serial.contains("FAIL"), "{serial}");
 
     vm.wait_serial("tinyguest: serial input on", 1, Duration::from_secs(30));
-    c.execute("system_reset", Value::Null).unwrap().unwrap();
-    c.wait_event("RESET", Duration::from_secs(5)).unwrap();
-    wait_port_change(&mut c, false);
-    wait_port_change(&mut c, true);
-    vm.wait_serial("tinyguest: port 1 open", 2, Duration::from_secs(30));
+    reset_to_port_open(&mut c, &vm, 2);
     vm.wait_serial(
         "tinyguest: PVH entry: cs=0x28 cr0=0x11 ",
         2,
@@ -360,14 +353,7 @@ fn tiny_guest_boots_through_pvh() {
     );
 
     vm.wait_serial("tinyguest: serial input on", 2, Duration::from_secs(30));
-    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
-    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
-    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        ev["data"],
-        json!({"guest": true, "reason": "guest-shutdown"})
-    );
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    power_button_powers_off(&mut c, &mut vm);
     assert!(!vm.serial_text().contains("FAIL"), "{}", vm.serial_text());
 }
 
@@ -470,7 +456,7 @@ fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vm = start_vm(dir.path(), &kernel, "tinyguest.reboot", &[]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     for _ in 0..2 {
         let ev = c
             .wait_event("RESET", Duration::from_secs(60))
@@ -478,7 +464,7 @@ fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
                 panic!(
                     "no RESET: {e}; serial:\n{}\nvmm log:\n{}",
                     vm.serial_text(),
-                    std::fs::read_to_string(&vm.log).unwrap_or_default()
+                    vm.vmm.log_text()
                 )
             });
         assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
@@ -494,10 +480,10 @@ fn guest_reboot_resets_the_vm_or_ends_it_with_no_reboot() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut vm = start_vm(dir.path(), &kernel, "tinyguest.reboot", &["-no-reboot"]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
     assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    assert!(vm.vmm.proc.wait(Duration::from_secs(10)).success());
     assert_eq!(
         vm.serial_text()
             .matches("tinyguest: hello from 64-bit long mode")
@@ -514,28 +500,20 @@ fn serial_chardev_carries_output_and_input_with_interrupts() {
     };
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("serial.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
+    let _vm = spawn_vmm(
+        [
             "-kernel",
             &kernel.display().to_string(),
             "-chardev",
             &format!("socket,id=ser0,path={},server=on,wait=on", sock.display()),
             "-serial",
             "chardev:ser0",
-            "-chardev",
-            "null,id=c0",
-            "-device",
-            "virtio-serial",
-            "-device",
-            "virtserialport,chardev=c0,name=test",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _vm = Proc { child, name: "vmm" };
-    wait_for_path(&sock, Duration::from_secs(10));
+        ]
+        .iter()
+        .chain(&NULL_PORT),
+        &dir.path().join("vmm.log"),
+        &[&sock],
+    );
     // The socket file appears at bind(), a moment before listen(): retry briefly.
     let t = Instant::now();
     let mut s = loop {
@@ -596,18 +574,8 @@ fn serial_stdio_carries_output_and_input() {
         return;
     };
     let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "-kernel",
-            &kernel.display().to_string(),
-            "-serial",
-            "stdio",
-            "-chardev",
-            "null,id=c0",
-            "-device",
-            "virtio-serial",
-            "-device",
-            "virtserialport,chardev=c0,name=test",
-        ])
+        .args(["-kernel", &kernel.display().to_string(), "-serial", "stdio"])
+        .args(NULL_PORT)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -646,20 +614,13 @@ fn system_powerdown_presses_the_acpi_power_button() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = start_vm(dir.path(), &kernel, "console=ttyS0", &[]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     // The guest routes the GED's interrupt (found in the DSDT) before it takes serial input.
     vm.wait_serial("tinyguest: serial input on", 1, Duration::from_secs(30));
     assert!(vm
         .serial_text()
         .contains("tinyguest: power button: GED (ACPI0013) gsi 10"));
-    c.execute("system_powerdown", Value::Null).unwrap().unwrap();
-    c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
-    let ev = c.wait_event("SHUTDOWN", Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        ev["data"],
-        json!({"guest": true, "reason": "guest-shutdown"})
-    );
-    assert!(vm.proc.wait(Duration::from_secs(10)).success());
+    power_button_powers_off(&mut c, &mut vm);
     assert!(vm.serial_text().contains("tinyguest: power button pressed"));
 }
 
@@ -670,7 +631,7 @@ fn start_paused_runs_nothing_until_cont() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vm = start_vm(dir.path(), &kernel, "console=ttyS0", &["-S"]);
-    let mut c = vm.client();
+    let mut c = vm.vmm.client();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(status(&mut c), "prelaunch");
     assert_eq!(vm.serial_text(), "");
@@ -691,10 +652,7 @@ fn the_pvh_tiny_guest_also_boots_on_qemu() {
     let Some(elf) = prerequisites() else { return };
     let qemu = "qemu-system-x86_64";
     if Command::new(qemu).arg("--version").output().is_err() {
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("skipped: {qemu} not found\n"),
-        );
+        skipped(format_args!("{qemu} not found"));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -751,17 +709,18 @@ fn the_pvh_tiny_guest_also_boots_on_qemu() {
     }
     proc.kill();
     let serial = text();
-    for line in [
-        "tinyguest: PVH entry: cs=",
-        " cr0=0x11 efer=0x0, start_info at ",
-        "tinyguest: hello from 64-bit long mode",
-        " (start_info says ",
-        "(2 CPUs)",
-        "tinyguest: AP up in real mode, APIC id 0x1",
-        &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
-        "tinyguest: port 1 open",
-    ] {
-        assert!(serial.contains(line), "missing '{line}' in:\n{serial}");
-    }
+    assert_lines(
+        &serial,
+        &[
+            "tinyguest: PVH entry: cs=",
+            " cr0=0x11 efer=0x0, start_info at ",
+            "tinyguest: hello from 64-bit long mode",
+            " (start_info says ",
+            "(2 CPUs)",
+            "tinyguest: AP up in real mode, APIC id 0x1",
+            &format!("tinyguest: <- PORT_NAME id=1 value=1 name={AGENT_PORT}"),
+            "tinyguest: port 1 open",
+        ],
+    );
     assert!(!serial.contains("FAIL"), "{serial}");
 }

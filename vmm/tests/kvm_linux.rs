@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn hardware_kvm() -> Result<(), String> {
@@ -24,12 +24,7 @@ fn hardware_kvm() -> Result<(), String> {
             "KVM without hardware virtualization (neither kvm_intel nor kvm_amd is loaded)".into(),
         );
     }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(|_| ())
-        .map_err(|e| format!("/dev/kvm: {e}"))
+    kvm_usable()
 }
 
 fn guest_image() -> Result<PathBuf, String> {
@@ -66,24 +61,18 @@ fn ok(r: &Value) -> &Value {
 
 #[test]
 fn linux_guest_agent_over_the_monitor_then_powerdown() {
-    if let Err(e) = hardware_kvm() {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
-        return;
-    }
-    let img = match guest_image() {
+    let img = match hardware_kvm().and_then(|()| guest_image()) {
         Ok(d) => d,
         Err(e) => {
-            let _ =
-                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {e}\n"));
+            skipped(e);
             return;
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let qmp_path = dir.path().join("qmp.sock");
-    let log = dir.path().join("vmm.log");
     let serial = dir.path().join("serial.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
+    let mut vm = Vmm::launch(
+        dir.path(),
+        [
             "-kernel",
             &img.join("vmlinuz").display().to_string(),
             "-initrd",
@@ -94,8 +83,6 @@ fn linux_guest_agent_over_the_monitor_then_powerdown() {
             "512M",
             "-smp",
             "2",
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", qmp_path.display()),
             "-chardev",
             "qmp_proxy,id=qga0",
             "-device",
@@ -104,16 +91,11 @@ fn linux_guest_agent_over_the_monitor_then_powerdown() {
             "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0,id=agent",
             "-serial",
             &format!("file:{}", serial.display()),
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut vm = Proc { child, name: "vmm" };
-    wait_for_path(&qmp_path, Duration::from_secs(10));
-    let mut c = qmp::client::QmpClient::connect(&qmp::SocketAddr::Unix(qmp_path)).unwrap();
+        ],
+        false,
+        &[],
+    );
+    let mut c = vm.client();
     let t = Instant::now();
     wait_agent_up(&mut c, Duration::from_secs(120));
     println!("agent up {:?} after connecting", t.elapsed());
@@ -172,5 +154,5 @@ fn linux_guest_agent_over_the_monitor_then_powerdown() {
     c.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
     let ev = c.wait_event("SHUTDOWN", Duration::from_secs(60)).unwrap();
     assert_eq!(ev["data"]["guest"], true, "{ev}");
-    assert!(vm.wait(Duration::from_secs(10)).success());
+    assert!(vm.proc.wait(Duration::from_secs(10)).success());
 }

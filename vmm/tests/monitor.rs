@@ -386,7 +386,7 @@ fn wait_on_holds_start_up_and_a_signal_ends_the_wait() {
         child: spawn(),
         name: "vmm",
     };
-    wait_for_file(&qmp, Duration::from_secs(5));
+    wait_for_path(&qmp, Duration::from_secs(5));
     let mut c = QmpClient::connect(&qmp::SocketAddr::Unix(qmp.clone())).unwrap();
     assert_eq!(
         c.execute("query-status", Value::Null).unwrap().unwrap()["running"],
@@ -399,7 +399,7 @@ fn wait_on_holds_start_up_and_a_signal_ends_the_wait() {
         child: spawn(),
         name: "vmm",
     };
-    wait_for_file(&qmp, Duration::from_secs(5));
+    wait_for_path(&qmp, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(100));
     assert!(p.is_running(), "still waiting for a client");
     assert!(p

@@ -94,7 +94,7 @@ impl Drop for UmlProc {
 struct Guest {
     agent: String,
     dir: tempfile::TempDir,
-    vmm: Proc,
+    vmm: Vmm,
     uml: UmlProc,
     qmp: QmpClient,
 }
@@ -125,13 +125,9 @@ impl Guest {
         assert!(st.success(), "mkfs.ext4 failed");
 
         let vu = d.join("vu.sock");
-        let qmp = d.join("qmp.sock");
-        let log = d.join("vmm.log");
         let args: Vec<String> = vec![
             "-machine".into(),
             format!("vhost-user,socket={}", vu.display()),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", qmp.display()),
             "-chardev".into(),
             "qmp_proxy,id=qga0,timeout=20".into(),
             "-device".into(),
@@ -162,19 +158,9 @@ impl Guest {
             "-device".into(),
             "virtserialport,chardev=null0,name=test.null,id=port5".into(),
         ];
-        let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start vmm");
-        let vmm = Proc { child, name: "vmm" };
-        wait_for_path(&qmp, Duration::from_secs(10));
-        wait_for_path(&vu, Duration::from_secs(10));
+        let vmm = Vmm::launch(d, &args, false, &[&vu]);
         // (connect() negotiates capabilities)
-        let qmp = QmpClient::connect(&qmp::SocketAddr::Unix(qmp)).expect("QMP connect");
+        let qmp = vmm.client();
 
         let child = Command::new(LINUX)
             .arg("mem=256M")
@@ -591,7 +577,7 @@ fn agent_killed(g: &mut Guest) {
         "p=$(cat /tmp/agent.pid); kill -STOP $p; touch /tmp/out/stopped; \
          while [ ! -e /tmp/out/go ]; do sleep 0.05; done; sleep 0.3; kill -KILL $p",
     );
-    wait_for_file(&g.path("stopped"), Duration::from_secs(20));
+    wait_for_path(&g.path("stopped"), Duration::from_secs(20));
     g.qmp.send(&json!({"execute": "guest-ping"})).unwrap();
     std::fs::write(g.path("go"), b"").unwrap();
     let t = Instant::now();
@@ -621,7 +607,7 @@ fn hostile_guest(g: &mut Guest) {
     std::fs::write(g.path("junk.bin"), &junk).unwrap();
     drop(junk);
     g.qmp.take_events();
-    let rss0 = g.vmm.rss_kib();
+    let rss0 = g.vmm.proc.rss_kib();
     g.spawn_sh(&format!(
         "touch /tmp/hold; kill -KILL $(cat /tmp/agent.pid); ok=; \
          for i in $(seq 100); do \
@@ -634,7 +620,7 @@ fn hostile_guest(g: &mut Guest) {
     let mut peak = rss0;
     let t = Instant::now();
     loop {
-        peak = peak.max(g.vmm.rss_kib());
+        peak = peak.max(g.vmm.proc.rss_kib());
         if g.qmp
             .wait_event("GUEST_AGENT_UP", Duration::from_millis(50))
             .is_ok()
@@ -672,7 +658,7 @@ fn shutdown(g: &mut Guest) {
     g.event("GUEST_AGENT_DOWN");
     let st = g.uml.0.wait(Duration::from_secs(30));
     eprintln!("uml exited: {st}");
-    assert!(g.vmm.is_running(), "vmm must outlive its frontend");
+    assert!(g.vmm.proc.is_running(), "vmm must outlive its frontend");
 }
 
 fn run(agent: &str) {
@@ -683,7 +669,7 @@ fn run(agent: &str) {
 #[test]
 fn uml_guest_with_qemu_ga() {
     if let Some(why) = skip_reason() {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {why}\n"));
+        skipped(why);
         return;
     }
     require_qemu_ga();
@@ -693,11 +679,13 @@ fn uml_guest_with_qemu_ga() {
 #[test]
 fn uml_guest_with_virtagent() {
     if let Some(why) = skip_reason() {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {why}\n"));
+        skipped(why);
         return;
     }
     let Some(agent) = virtagent() else {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: virtagent not built next to vmm (cargo build -p agent, or cargo test --workspace)\n"));
+        skipped(
+            "virtagent not built next to vmm (cargo build -p agent, or cargo test --workspace)",
+        );
         return;
     };
     run(agent.to_str().unwrap());

@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -90,23 +89,20 @@ fn mem_table(regions: &[(u64, u64, u64)], room_for: usize) -> Vec<u8> {
 fn handshake_config_and_uml_sized_mem_table() {
     let dir = tempfile::tempdir().unwrap();
     let vu = dir.path().join("vu.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .arg("-machine")
-        .arg(format!("vhost-user,socket={}", vu.display()))
-        .args([
+    let _vmm = spawn_vmm(
+        [
+            "-machine",
+            &format!("vhost-user,socket={}", vu.display()),
             "-chardev",
             "null,id=n0",
             "-device",
             "virtio-serial,max_ports=4",
-        ])
-        .args(["-device", "virtserialport,chardev=n0,name=test.0,id=p0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _vmm = Proc { child, name: "vmm" };
-    wait_for_path(&vu, Duration::from_secs(10));
+            "-device",
+            "virtserialport,chardev=n0,name=test.0,id=p0",
+        ],
+        &dir.path().join("vmm.log"),
+        &[&vu],
+    );
 
     let mut f = Frontend::connect(&vu);
     f.send(SET_OWNER, 0, &[], &[]);
@@ -276,29 +272,23 @@ fn port_handshake_and_data_without_uml() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let vu = dir.path().join("vu.sock");
-    let qmp = dir.path().join("qmp.sock");
     let port = dir.path().join("port.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .arg("-machine")
-        .arg(format!("vhost-user,socket={}", vu.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=s0,path={},server=on,wait=off",
-            port.display()
-        ))
-        .args(["-device", "virtio-serial,max_ports=2"])
-        .args(["-device", "virtserialport,chardev=s0,name=test.port,id=p1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _vmm = Proc { child, name: "vmm" };
-    wait_for_path(&vu, Duration::from_secs(10));
-    wait_for_path(&qmp, Duration::from_secs(10));
-    let mut q = qmp::client::QmpClient::connect(&qmp::SocketAddr::Unix(qmp)).unwrap();
+    let vmm = Vmm::launch(
+        dir.path(),
+        [
+            "-machine",
+            &format!("vhost-user,socket={}", vu.display()),
+            "-chardev",
+            &format!("socket,id=s0,path={},server=on,wait=off", port.display()),
+            "-device",
+            "virtio-serial,max_ports=2",
+            "-device",
+            "virtserialport,chardev=s0,name=test.port,id=p1",
+        ],
+        false,
+        &[&vu],
+    );
+    let mut q = vmm.client();
     let mut host = UnixStream::connect(&port).unwrap();
     host.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

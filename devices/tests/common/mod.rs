@@ -495,11 +495,7 @@ impl Guest {
                 break;
             }
             let a = self.alloc.take(u64::from(PAGE), 8);
-            self.vqs
-                .get_mut(&CONTROL_RX_QUEUE)
-                .unwrap()
-                .add(&self.mem, &[(a, PAGE, true)])
-                .unwrap();
+            self.post(CONTROL_RX_QUEUE, &[(a, PAGE, true)]);
         }
         self.kick(CONTROL_RX_QUEUE);
     }
@@ -525,6 +521,15 @@ impl Guest {
         self.wr(0x44, 1);
         assert_eq!(self.rd(0x44), 1);
         self.vqs.insert(q, vr);
+    }
+
+    /// Post a chain on queue `q` (which must have room for it); the caller kicks.
+    fn post(&mut self, q: u16, chain: &[Seg]) {
+        self.vqs
+            .get_mut(&q)
+            .unwrap()
+            .add(&self.mem, chain)
+            .expect("no room in the queue for the chain");
     }
 
     /// Notify queue `q` if the device asks for it (Linux `virtqueue_kick`).
@@ -556,8 +561,7 @@ impl Guest {
     pub fn send_control_raw(&mut self, m: &[u8]) {
         let a = self.alloc.take(m.len().max(1) as u64, 8);
         self.mem.write_slice(m, a).unwrap();
-        let vq = self.vqs.get_mut(&CONTROL_TX_QUEUE).unwrap();
-        vq.add(&self.mem, &[(a, m.len() as u32, false)]).unwrap();
+        self.post(CONTROL_TX_QUEUE, &[(a, m.len() as u32, false)]);
         self.kick(CONTROL_TX_QUEUE);
         let vq = self.vqs.get_mut(&CONTROL_TX_QUEUE).unwrap();
         let (_, len, _) = vq
@@ -586,11 +590,7 @@ impl Guest {
                     (self.alloc.take(u64::from(l), 4096), l, true)
                 })
                 .collect();
-            self.vqs
-                .get_mut(&q)
-                .unwrap()
-                .add(&self.mem, &chain)
-                .unwrap();
+            self.post(q, &chain);
         }
         self.kick(q);
     }
@@ -618,8 +618,7 @@ impl Guest {
         let mut buf = vec![0u8; len.min(cap) as usize];
         self.mem.read_slice(&mut buf, addr).unwrap();
         // Re-post the buffer.
-        let vq = self.vqs.get_mut(&CONTROL_RX_QUEUE).unwrap();
-        vq.add(&self.mem, &segs).unwrap();
+        self.post(CONTROL_RX_QUEUE, &segs);
         self.kick(CONTROL_RX_QUEUE);
         let h = ControlHeader::parse(&buf).expect("short control message from device");
         let payload = &buf[8..];
@@ -705,11 +704,7 @@ impl Guest {
         if chain.is_empty() {
             chain.push((self.tx_buf(1), 0, false));
         }
-        self.vqs
-            .get_mut(&q)
-            .unwrap()
-            .add(&self.mem, &chain)
-            .unwrap();
+        self.post(q, &chain);
         self.kick(q);
         true
     }
@@ -756,7 +751,7 @@ impl Guest {
                 left -= n;
             }
             assert_eq!(left, 0, "used length larger than the buffer");
-            self.vqs.get_mut(&q).unwrap().add(&self.mem, &segs).unwrap();
+            self.post(q, &segs);
         }
         self.kick(q);
         if let Some(p) = self.ports.get_mut(&id) {

@@ -4,6 +4,7 @@
 use qmp::client::QmpClient;
 use qmp::SocketAddr;
 use serde_json::{json, Value};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +19,22 @@ pub fn require_qemu_ga() {
     );
 }
 
+/// Says on stderr why a test does nothing here (`skipped: <reason>`).
+pub fn skipped(reason: impl std::fmt::Display) {
+    let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {reason}\n"));
+}
+
+/// Whether this process may open /dev/kvm read-write.
+pub fn kvm_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm: {e}"))
+}
+
+/// Waits until `p` exists (without connecting to it).
 pub fn wait_for_path(p: &Path, limit: Duration) {
     let t = Instant::now();
     while !p.exists() {
@@ -120,6 +137,28 @@ pub fn start_qemu_ga(dir: &Path, sock: &Path) -> Proc {
     }
 }
 
+/// Starts the `vmm` binary with `args`, its log (`RUST_LOG=info`) going to `log`, and waits
+/// until each of `sockets` exists.
+pub fn spawn_vmm<I, S>(args: I, log: &Path, sockets: &[&Path]) -> Proc
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start vmm");
+    let proc = Proc { child, name: "vmm" };
+    for p in sockets {
+        wait_for_path(p, Duration::from_secs(10));
+    }
+    proc
+}
+
 /// A running `vmm` with its monitor socket.
 pub struct Vmm {
     pub proc: Proc,
@@ -130,29 +169,29 @@ pub struct Vmm {
 impl Vmm {
     /// Starts `vmm -machine none -qmp unix:DIR/qmp.sock,server=on,wait=off` plus `extra`.
     pub fn start(dir: &Path, extra: &[&str]) -> Vmm {
+        let args = ["-machine", "none"].iter().chain(extra);
+        Vmm::launch(dir, args, false, &[])
+    }
+
+    /// Starts `vmm` with `args` plus `-qmp unix:DIR/qmp.sock,server=on,wait=on|off`, its log in
+    /// DIR/vmm.log; waits until the monitor socket and each of `sockets` exist.
+    pub fn launch<I, S>(dir: &Path, args: I, wait_on: bool, sockets: &[&Path]) -> Vmm
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let qmp = dir.join("qmp.sock");
         let log = dir.join("vmm.log");
-        let mut args: Vec<String> = vec![
-            "-machine".into(),
-            "none".into(),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", qmp.display()),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start vmm");
-        wait_for_path(&qmp, Duration::from_secs(10));
-        Vmm {
-            proc: Proc { child, name: "vmm" },
-            qmp,
-            log,
-        }
+        let wait = if wait_on { "on" } else { "off" };
+        let monitor = format!("unix:{},server=on,wait={wait}", qmp.display());
+        let args = args
+            .into_iter()
+            .map(|a| a.as_ref().to_owned())
+            .chain(["-qmp".into(), monitor.into()]);
+        let mut waits = vec![qmp.as_path()];
+        waits.extend_from_slice(sockets);
+        let proc = spawn_vmm(args, &log, &waits);
+        Vmm { proc, qmp, log }
     }
 
     /// Starts a vmm whose proxy talks to the agent on `agent` with `timeout` seconds.
@@ -228,17 +267,4 @@ pub fn guest(c: &mut QmpClient, cmd: &str, args: Value) -> Value {
         req["arguments"] = args;
     }
     raw(c, req)
-}
-
-/// Waits until `p` exists (without connecting to it).
-pub fn wait_for_file(p: &Path, limit: Duration) {
-    let t = Instant::now();
-    while !p.exists() {
-        assert!(
-            t.elapsed() < limit,
-            "{} did not appear within {limit:?}",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }

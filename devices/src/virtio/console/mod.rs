@@ -13,7 +13,7 @@ mod port;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use vm_memory::GuestMemory;
+use vm_memory::{GuestAddress, GuestMemory};
 
 use self::control::{ControlHeader, Event, HEADER_LEN};
 use self::port::{Port, TxCursor, TX_CHUNK};
@@ -447,37 +447,22 @@ impl Console {
     ) -> Result<(), DeviceError> {
         let qi = CONTROL_TX_QUEUE;
         let mem = io.mem;
-        let mut used = false;
-        let mut handled = 0;
-        let mut spare = Vec::new();
+        let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
+            return Ok(());
+        };
+        let mut walk = Walk::new(q, qi, mem, false);
         loop {
-            let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
-                return Ok(());
-            };
-            if handled >= MAX_CHAINS_PER_CALL {
-                self.more_work = true;
-                self.control_kick = true;
-                break;
-            }
-            handled += 1;
-            match queue_io::pop(q, qi, mem, false, std::mem::take(&mut spare))? {
-                Popped::None => {
-                    if queue_io::rearm(q, qi, mem)? {
-                        continue;
-                    }
+            match walk.next(&mut self.warn)? {
+                Next::Limit => {
+                    self.more_work = true;
+                    self.control_kick = true;
                     break;
                 }
-                Popped::Bad(head, e) => {
-                    queue_io::add_used(q, qi, mem, head, 0)?;
-                    used = true;
-                    bad_chain(&mut self.warn, qi, e);
-                }
-                Popped::Buffer(b) => {
+                Next::Empty => break,
+                Next::Buffer(b) => {
                     let mut hdr = [0u8; HEADER_LEN];
                     let n = queue_io::read_at(mem, &b, 0, &mut hdr).unwrap_or(0);
-                    queue_io::add_used(q, qi, mem, b.head, 0)?;
-                    used = true;
-                    spare = b.segs;
+                    walk.give_back(b, 0)?;
                     match ControlHeader::parse(&hdr[..n]) {
                         Some(h) => self.handle_control(h),
                         None => self.warn.warn(
@@ -488,7 +473,7 @@ impl Console {
                 }
             }
         }
-        interrupt_at(io, qi, used)
+        walk.finish(io.irq)
     }
 
     fn control_rx<M: GuestMemory, Q: QueueSet + ?Sized>(
@@ -497,37 +482,22 @@ impl Console {
     ) -> Result<(), DeviceError> {
         let qi = CONTROL_RX_QUEUE;
         let mem = io.mem;
-        let mut used = false;
-        let mut handled = 0;
-        let mut spare = Vec::new();
+        let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
+            return Ok(());
+        };
+        let mut walk = Walk::new(q, qi, mem, true);
         while let Some(msg) = self.control_out.front() {
-            let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
-                return Ok(());
-            };
-            if handled >= MAX_CHAINS_PER_CALL {
-                self.more_work = true;
-                break;
-            }
-            handled += 1;
-            match queue_io::pop(q, qi, mem, true, std::mem::take(&mut spare))? {
-                Popped::None => {
-                    if queue_io::rearm(q, qi, mem)? {
-                        continue;
-                    }
+            match walk.next(&mut self.warn)? {
+                Next::Limit => {
+                    self.more_work = true;
                     break;
                 }
-                Popped::Bad(head, e) => {
-                    queue_io::add_used(q, qi, mem, head, 0)?;
-                    used = true;
-                    bad_chain(&mut self.warn, qi, e);
-                }
-                Popped::Buffer(b) => {
+                Next::Empty => break,
+                Next::Buffer(b) => {
                     let n = queue_io::write_to_buffer(mem, &b, msg);
                     let short = n < msg.len();
                     // n <= buffer length <= u32::MAX
-                    queue_io::add_used(q, qi, mem, b.head, n as u32)?;
-                    used = true;
-                    spare = b.segs;
+                    walk.give_back(b, n as u32)?;
                     self.control_out.pop_front();
                     if short {
                         self.warn.warn(
@@ -538,7 +508,7 @@ impl Console {
                 }
             }
         }
-        interrupt_at(io, qi, used)
+        walk.finish(io.irq)
     }
 
     /// Guest→host for port `id` (or discard, for queues of a port that does not exist).
@@ -558,9 +528,7 @@ impl Console {
         let mut budget = TX_BYTES_PER_CALL;
         // Buffers of a port that does not exist are consumed and discarded.
         let mut orphan: Option<TxCursor> = None;
-        let mut used = false;
-        let mut handled = 0;
-        let mut spare = Vec::new();
+        let mut walk = Walk::new(q, qi, mem, false);
         loop {
             // 1. Offer staged bytes to the backend.
             if let Some(p) = port.as_deref_mut() {
@@ -630,39 +598,25 @@ impl Console {
                     }
                     continue;
                 }
-                let head = cur.buf.head;
                 if let Some(done) = cursor.take() {
-                    spare = done.buf.segs;
+                    walk.give_back(done.buf, 0)?;
                 }
-                queue_io::add_used(q, qi, mem, head, 0)?;
-                used = true;
                 continue;
             }
             // 3. Take the next buffer.
-            if handled >= MAX_CHAINS_PER_CALL {
-                *more_work = true;
-                if let Some(p) = port.as_deref_mut() {
-                    p.tx_kick = true;
-                }
-                break;
-            }
-            handled += 1;
-            match queue_io::pop(q, qi, mem, false, std::mem::take(&mut spare))? {
-                Popped::None => {
-                    if queue_io::rearm(q, qi, mem)? {
-                        continue;
+            match walk.next(warn)? {
+                Next::Limit => {
+                    *more_work = true;
+                    if let Some(p) = port.as_deref_mut() {
+                        p.tx_kick = true;
                     }
                     break;
                 }
-                Popped::Bad(head, e) => {
-                    queue_io::add_used(q, qi, mem, head, 0)?;
-                    used = true;
-                    bad_chain(warn, qi, e);
-                }
-                Popped::Buffer(buf) => *cursor = Some(TxCursor { buf, read: 0 }),
+                Next::Empty => break,
+                Next::Buffer(buf) => *cursor = Some(TxCursor { buf, read: 0 }),
             }
         }
-        interrupt(q, qi, mem, io.irq, used)
+        walk.finish(io.irq)
     }
 
     /// Host→guest for port `id`: move its buffered bytes into the guest's receive buffers.
@@ -749,28 +703,15 @@ fn deliver<M: GuestMemory>(
 ) -> Result<usize, DeviceError> {
     let total = a.len() + c.len();
     let mut done = 0;
-    let mut used = false;
-    let mut handled = 0;
-    let mut spare = Vec::new();
+    let mut walk = Walk::new(q, qi, mem, true);
     while done < total {
-        if handled >= MAX_CHAINS_PER_CALL {
-            *more_work = true;
-            break;
-        }
-        handled += 1;
-        match queue_io::pop(q, qi, mem, true, std::mem::take(&mut spare))? {
-            Popped::None => {
-                if queue_io::rearm(q, qi, mem)? {
-                    continue;
-                }
+        match walk.next(warn)? {
+            Next::Limit => {
+                *more_work = true;
                 break;
             }
-            Popped::Bad(head, e) => {
-                queue_io::add_used(q, qi, mem, head, 0)?;
-                used = true;
-                bad_chain(warn, qi, e);
-            }
-            Popped::Buffer(b) => {
+            Next::Empty => break,
+            Next::Buffer(b) => {
                 let mut n = 0;
                 if done < a.len() {
                     let mut src = &a[done..];
@@ -783,46 +724,101 @@ fn deliver<M: GuestMemory>(
                 }
                 done += n;
                 // n <= buffer length <= u32::MAX
-                queue_io::add_used(q, qi, mem, b.head, n as u32)?;
-                used = true;
-                spare = b.segs;
+                walk.give_back(b, n as u32)?;
             }
         }
     }
-    interrupt(q, qi, mem, irq, used)?;
+    walk.finish(irq)?;
     Ok(done)
 }
 
-fn bad_chain(warn: &mut LogOnce, queue: u16, err: queue_io::ChainError) {
-    warn.warn(
-        Warn::BadChain as u32,
-        format_args!("virtio-console: queue {queue}: {err}; buffer returned unused"),
-    );
+/// One pass over the available chains of queue `qi`, at most [`MAX_CHAINS_PER_CALL`] of
+/// them: chains that fail validation are returned unused (and warned about once), the usable
+/// ones are handed to the caller, which gives each back with [`Walk::give_back`]; the segment
+/// list of a given-back buffer is reused for the next chain. [`Walk::finish`] interrupts the
+/// driver if it wants to hear about the used buffers.
+struct Walk<'a, M: GuestMemory> {
+    q: &'a mut Queue,
+    qi: u16,
+    mem: &'a M,
+    /// Buffers must be device-writable (receive queues) rather than device-readable.
+    writable: bool,
+    /// Chains looked at so far (including bad ones and empty pops).
+    handled: usize,
+    /// Some buffer went to the used ring.
+    used: bool,
+    spare: Vec<(GuestAddress, u32)>,
 }
 
-fn interrupt_at<M: GuestMemory, Q: QueueSet + ?Sized>(
-    io: &mut DeviceIo<'_, M, Q>,
-    qi: u16,
-    used: bool,
-) -> Result<(), DeviceError> {
-    match io.queues.queue_mut(qi) {
-        Some(q) => interrupt(q, qi, io.mem, io.irq, used),
-        None => Ok(()),
-    }
+/// What [`Walk::next`] found.
+enum Next {
+    /// A usable buffer; give it back with [`Walk::give_back`].
+    Buffer(queue_io::Buffer),
+    /// The queue has no more buffers (notifications are re-armed).
+    Empty,
+    /// The per-call bound was reached; the rest is pending work.
+    Limit,
 }
 
-/// Interrupt the driver for queue `qi` if buffers were used and it wants to hear about it.
-fn interrupt<M: GuestMemory>(
-    q: &mut Queue,
-    qi: u16,
-    mem: &M,
-    irq: &dyn InterruptSignal,
-    used: bool,
-) -> Result<(), DeviceError> {
-    if used && queue_io::needs_interrupt(q, qi, mem)? {
-        irq.trigger(InterruptKind::Queue(qi));
+impl<'a, M: GuestMemory> Walk<'a, M> {
+    fn new(q: &'a mut Queue, qi: u16, mem: &'a M, writable: bool) -> Self {
+        Walk {
+            q,
+            qi,
+            mem,
+            writable,
+            handled: 0,
+            used: false,
+            spare: Vec::new(),
+        }
     }
-    Ok(())
+
+    /// The next usable buffer. (Inlined: it runs once per buffer on the data path, as the
+    /// loops it replaced did.)
+    #[inline(always)]
+    fn next(&mut self, warn: &mut LogOnce) -> Result<Next, DeviceError> {
+        let (q, qi, mem) = (&mut *self.q, self.qi, self.mem);
+        loop {
+            if self.handled >= MAX_CHAINS_PER_CALL {
+                return Ok(Next::Limit);
+            }
+            self.handled += 1;
+            match queue_io::pop(q, qi, mem, self.writable, std::mem::take(&mut self.spare))? {
+                Popped::None => {
+                    if queue_io::rearm(q, qi, mem)? {
+                        continue;
+                    }
+                    return Ok(Next::Empty);
+                }
+                Popped::Bad(head, err) => {
+                    queue_io::add_used(q, qi, mem, head, 0)?;
+                    self.used = true;
+                    warn.warn(
+                        Warn::BadChain as u32,
+                        format_args!("virtio-console: queue {qi}: {err}; buffer returned unused"),
+                    );
+                }
+                Popped::Buffer(b) => return Ok(Next::Buffer(b)),
+            }
+        }
+    }
+
+    /// Return `buf` to the driver with `len` bytes written into it.
+    fn give_back(&mut self, buf: queue_io::Buffer, len: u32) -> Result<(), DeviceError> {
+        queue_io::add_used(self.q, self.qi, self.mem, buf.head, len)?;
+        self.used = true;
+        self.spare = buf.segs;
+        Ok(())
+    }
+
+    /// End of the pass: interrupt the driver if buffers were used and it wants to hear about
+    /// it.
+    fn finish(self, irq: &dyn InterruptSignal) -> Result<(), DeviceError> {
+        if self.used && queue_io::needs_interrupt(self.q, self.qi, self.mem)? {
+            irq.trigger(InterruptKind::Queue(self.qi));
+        }
+        Ok(())
+    }
 }
 
 impl VirtioDevice for Console {
