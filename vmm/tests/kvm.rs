@@ -222,6 +222,36 @@ fn tiny_guest_boots_finds_the_device_and_opens_the_agent_port() {
     c.wait_event("RESUME", Duration::from_secs(5)).unwrap();
     assert_eq!(status(&mut c), "running");
 
+    // The human monitor: the same machine control, and `cpu-index` names one of the 2 vCPUs.
+    let mut hmp = |line: &str, cpu: u64| {
+        c.execute(
+            "human-monitor-command",
+            json!({"command-line": line, "cpu-index": cpu}),
+        )
+        .unwrap()
+    };
+    assert_eq!(hmp("stop", 1).unwrap(), "");
+    assert_eq!(hmp("info status", 0).unwrap(), "VM status: paused\r\n");
+    assert_eq!(hmp("c", 1).unwrap(), "");
+    assert_eq!(hmp("info kvm", 0).unwrap(), "kvm support: enabled\r\n");
+    let help = hmp("help", 0).unwrap();
+    let help = help.as_str().unwrap();
+    assert!(
+        help.contains("system_reset  -- reset the system\r\n"),
+        "{help}"
+    );
+    assert!(
+        help.contains("system_powerdown  -- send system power down event\r\n"),
+        "{help}"
+    );
+    assert_eq!(
+        hmp("info status", 2).unwrap_err().desc,
+        "Parameter 'cpu-index' expects a CPU number"
+    );
+    c.wait_event("STOP", Duration::from_secs(5)).unwrap();
+    c.wait_event("RESUME", Duration::from_secs(5)).unwrap();
+    assert_eq!(status(&mut c), "running");
+
     // system_reset: the guest boots again and re-opens its port.
     let ev = reset_to_port_open(&mut c, &vm, 2);
     assert_eq!(
