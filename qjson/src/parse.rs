@@ -1,29 +1,53 @@
-//! Streaming JSON input and qemu-ga style JSON output.
-//!
-//! The [`Streamer`] behaves like QEMU's json-lexer + json-streamer: bytes are
-//! tokenized one at a time, `{`/`[` depth is counted and a message is complete
-//! when the depth returns to zero, so no delimiter is needed. Lexical errors
-//! (0xFF, control characters, malformed numbers) produce an error, drop the
-//! partial message and make the lexer skip to the next structural character.
-//! Single-quoted strings are accepted. Total token size, token count and
-//! nesting depth are bounded.
+//! The streaming parser: QEMU's json-lexer + json-streamer + json-parser.
+
+use std::cell::Cell;
 
 use serde_json::{Map, Number, Value};
 
-/// Largest accepted message, in bytes of token text (QEMU: 64 MiB).
+/// Default limit on the total size of a message's tokens, in bytes (QEMU: 64 MiB).
 pub const MAX_TOKEN_SIZE: usize = 64 << 20;
 /// Largest accepted number of tokens in one message (QEMU: 2^21).
 pub const MAX_TOKEN_COUNT: usize = 1 << 21;
-/// Deepest accepted nesting of objects and arrays (QEMU: 1024).
+/// Default limit on the nesting of objects and arrays (QEMU: 1024).
 pub const MAX_NESTING: usize = 1024;
 
 /// What the streamer produced for one complete input message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
-    /// A syntactically valid JSON value.
+    /// A syntactically valid JSON value (object or not: the caller checks the shape).
     Value(Value),
-    /// A lexical or syntax error; the text is the qemu-ga error description.
-    Error(String),
+    /// A lexical or syntax error, or a limit; the partial message has been dropped.
+    Error(ParseError),
+}
+
+/// Why a message could not be parsed. `Display` (and [`ParseError::desc`]) give QEMU's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A lexical or grammar error; the text is QEMU's detail, e.g. `stray '\u{fffd}'`,
+    /// `invalid keyword 'bad'`, `expecting value`.
+    #[error("JSON parse error, {0}")]
+    Syntax(String),
+    /// The message's tokens exceeded the size limit.
+    #[error("JSON token size limit exceeded")]
+    TooLarge,
+    /// The message exceeded [`MAX_TOKEN_COUNT`] tokens.
+    #[error("JSON token count limit exceeded")]
+    TooManyTokens,
+    /// The message exceeded the nesting limit.
+    #[error("JSON nesting depth limit exceeded")]
+    TooDeep,
+}
+
+impl ParseError {
+    /// The `desc` text QEMU replies with for this error.
+    pub fn desc(&self) -> String {
+        self.to_string()
+    }
+
+    /// True for limit violations, after which a peer is usually not worth listening to.
+    pub fn is_limit(&self) -> bool {
+        !matches!(self, ParseError::Syntax(_))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +69,8 @@ enum Kind {
 #[derive(Debug, Clone, Copy)]
 struct Token {
     kind: Kind,
+    /// A string token with at least one `\` escape.
+    escaped: bool,
     start: u32,
     end: u32,
 }
@@ -66,7 +92,8 @@ enum Lex {
     Recovery,
 }
 
-/// Incremental JSON message splitter and parser with QEMU semantics.
+/// Incremental JSON message splitter and parser with QEMU semantics; feed it bytes, get
+/// complete messages.
 #[derive(Debug)]
 pub struct Streamer {
     state: Lex,
@@ -74,9 +101,13 @@ pub struct Streamer {
     arena: Vec<u8>,
     /// Where the token being lexed starts in `arena`.
     cur_start: usize,
+    /// The string being lexed has an escape.
+    cur_escaped: bool,
     tokens: Vec<Token>,
     braces: i64,
     brackets: i64,
+    max_size: usize,
+    max_depth: usize,
 }
 
 impl Default for Streamer {
@@ -89,16 +120,55 @@ fn is_structural(b: u8) -> bool {
     matches!(b, b'{' | b'}' | b'[' | b']' | b',' | b':')
 }
 
+/// Bytes a string token takes as they are (everything but its quote, `\` and bytes the lexer
+/// rejects), i.e. what the bulk path may copy without looking further.
+fn is_plain_str_byte(b: u8, quote: u8) -> bool {
+    (0x20..=0xFD).contains(&b) && b != quote && b != b'\\'
+}
+
+/// How many bytes at the start of `s` are plain string bytes (see [`is_plain_str_byte`]).
+fn plain_str_run(s: &[u8], quote: u8) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `x` is below `n` (n <= 0x80): exact as a yes/no answer.
+    let has_less = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGH != 0;
+    let (q, bs) = (ONES * quote as u64, ONES * b'\\' as u64);
+    let mut i = 0;
+    // Eight bytes at a time while none of them is special (base64 payloads never are).
+    while let Some(w) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if has_less(w, 0x20) || has_less(w ^ q, 1) || has_less(w ^ bs, 1) || has_less(!w, 2) {
+            break;
+        }
+        i += 8;
+    }
+    i + s[i..]
+        .iter()
+        .position(|&b| !is_plain_str_byte(b, quote))
+        .unwrap_or(s.len() - i)
+}
+
 impl Streamer {
-    /// A streamer in its initial state.
+    /// A streamer with QEMU's limits ([`MAX_TOKEN_SIZE`], [`MAX_NESTING`]).
     pub fn new() -> Self {
+        Self::with_limits(MAX_TOKEN_SIZE, MAX_NESTING)
+    }
+
+    /// A streamer with other limits on the total token size of one message (bytes) and on
+    /// nesting depth; the token count limit is always [`MAX_TOKEN_COUNT`].
+    pub fn with_limits(max_size: usize, max_depth: usize) -> Self {
+        // Token offsets are u32.
+        let max_size = max_size.min(u32::MAX as usize - 1);
         Streamer {
             state: Lex::Start,
             arena: Vec::new(),
             cur_start: 0,
+            cur_escaped: false,
             tokens: Vec::new(),
             braces: 0,
             brackets: 0,
+            max_size,
+            max_depth,
         }
     }
 
@@ -107,10 +177,22 @@ impl Streamer {
         self.tokens.is_empty() && self.arena.is_empty() && matches!(self.state, Lex::Start)
     }
 
+    /// Bytes of token text of the partial message held now.
+    pub fn pending_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Drops any partial message and returns to the initial state (also out of error recovery).
+    pub fn reset(&mut self) {
+        self.reset_stream();
+        self.state = Lex::Start;
+    }
+
     fn reset_stream(&mut self) {
         self.tokens.clear();
         self.arena.clear();
         self.cur_start = 0;
+        self.cur_escaped = false;
         // Give back memory after a huge message.
         if self.arena.capacity() > 1 << 20 {
             self.arena.shrink_to(4096);
@@ -122,11 +204,42 @@ impl Streamer {
         self.brackets = 0;
     }
 
-    /// Feeds bytes; every complete message or error is passed to `out`.
-    pub fn feed(&mut self, data: &[u8], out: &mut dyn FnMut(Parsed)) {
-        for &b in data {
-            self.feed_byte(b, out);
+    /// Feeds `data`; calls `out` for each completed message or error, in order. Returns the
+    /// number of bytes consumed: all of `data`, unless `out` returns `false`, which stops after
+    /// the byte that completed that message (the rest is not looked at; a second message that
+    /// same byte completes is still passed to `out`).
+    pub fn feed(&mut self, data: &[u8], mut out: impl FnMut(Parsed) -> bool) -> usize {
+        let go_on = Cell::new(true);
+        let mut sink = |p: Parsed| {
+            if !out(p) {
+                go_on.set(false);
+            }
+        };
+        let mut i = 0;
+        while i < data.len() {
+            // Fast path: the plain bytes of a string (base64 payloads are megabytes of them)
+            // are copied in one go; only bytes that change the state go through `feed_byte`.
+            if let Lex::Str(q) = self.state {
+                let rest = &data[i..];
+                let run = plain_str_run(rest, q);
+                if run > 0 {
+                    let room = self.max_size.saturating_sub(self.arena.len());
+                    let n = run.min(room);
+                    self.arena.extend_from_slice(&rest[..n]);
+                    i += n;
+                    if n == run {
+                        continue;
+                    }
+                    // The next byte overflows the limit and reports it through `feed_byte`.
+                }
+            }
+            self.feed_byte(data[i], &mut sink);
+            i += 1;
+            if !go_on.get() {
+                break;
+            }
         }
+        i
     }
 
     fn lex_error(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
@@ -134,12 +247,13 @@ impl Streamer {
         let text = String::from_utf8_lossy(&self.arena[self.cur_start..]).into_owned();
         self.reset_stream();
         self.state = Lex::Recovery;
-        out(Parsed::Error(format!("JSON parse error, stray '{text}'")));
+        out(Parsed::Error(ParseError::Syntax(format!("stray '{text}'"))));
     }
 
     fn finish(&mut self, kind: Kind, out: &mut dyn FnMut(Parsed)) {
         let tok = Token {
             kind,
+            escaped: std::mem::take(&mut self.cur_escaped),
             start: self.cur_start as u32,
             end: self.arena.len() as u32,
         };
@@ -208,7 +322,10 @@ impl Streamer {
                         return self.finish(Kind::Str, out);
                     }
                     match b {
-                        b'\\' => self.state = Lex::StrEsc(q),
+                        b'\\' => {
+                            self.state = Lex::StrEsc(q);
+                            self.cur_escaped = true;
+                        }
                         0x20..=0xFD => {}
                         _ => return self.lex_error(b, out),
                     }
@@ -319,10 +436,10 @@ impl Streamer {
     /// Appends a byte to the token being lexed, enforcing the size limit.
     fn push_cur(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
         self.arena.push(b);
-        if self.arena.len() > MAX_TOKEN_SIZE {
+        if self.arena.len() > self.max_size {
             self.reset_stream();
             self.state = Lex::Recovery;
-            out(Parsed::Error("JSON token size limit exceeded".into()));
+            out(Parsed::Error(ParseError::TooLarge));
         }
     }
 
@@ -341,18 +458,18 @@ impl Streamer {
             out(parsed);
             return;
         }
-        let err = if self.arena.len() > MAX_TOKEN_SIZE {
-            Some("JSON token size limit exceeded")
+        let err = if self.arena.len() > self.max_size {
+            Some(ParseError::TooLarge)
         } else if self.tokens.len() > MAX_TOKEN_COUNT {
-            Some("JSON token count limit exceeded")
-        } else if (self.braces + self.brackets) as usize > MAX_NESTING {
-            Some("JSON nesting depth limit exceeded")
+            Some(ParseError::TooManyTokens)
+        } else if (self.braces + self.brackets) as usize > self.max_depth {
+            Some(ParseError::TooDeep)
         } else {
             None
         };
         if let Some(e) = err {
             self.reset_stream();
-            out(Parsed::Error(e.into()));
+            out(Parsed::Error(e));
         }
     }
 }
@@ -366,12 +483,12 @@ fn parse_tokens(tokens: &[Token], arena: &[u8]) -> Parsed {
     match p.value() {
         Ok(v) => {
             if p.pos != tokens.len() {
-                Parsed::Error("JSON parse error, expecting value".into())
+                Parsed::Error(ParseError::Syntax("expecting value".into()))
             } else {
                 Parsed::Value(v)
             }
         }
-        Err(e) => Parsed::Error(format!("JSON parse error, {e}")),
+        Err(e) => Parsed::Error(ParseError::Syntax(e)),
     }
 }
 
@@ -403,7 +520,7 @@ impl<'a> TokenParser<'a> {
         match t.kind {
             Kind::LCurly => self.object(),
             Kind::LSquare => self.array(),
-            Kind::Str => Ok(Value::String(unescape(self.text(t))?)),
+            Kind::Str => Ok(Value::String(unescape(self.text(t), t.escaped)?)),
             Kind::Int => Ok(parse_int(self.text(t))),
             Kind::Float => {
                 let s = std::str::from_utf8(self.text(t)).map_err(|_| "expecting value")?;
@@ -433,7 +550,7 @@ impl<'a> TokenParser<'a> {
         }
         loop {
             let key = match self.next() {
-                Some(t) if t.kind == Kind::Str => unescape(self.text(t))?,
+                Some(t) if t.kind == Kind::Str => unescape(self.text(t), t.escaped)?,
                 Some(_) => return Err("key is not a string in object".into()),
                 None => return Err("premature EOI".into()),
             };
@@ -501,17 +618,25 @@ fn hex4(s: &[u8]) -> Option<u32> {
     Some(v)
 }
 
-/// Decodes a string token (quotes included) into a Rust string.
-fn unescape(raw: &[u8]) -> Result<String, String> {
+/// Decodes a string token (quotes included; `escaped`: it has a `\`) into a Rust string.
+fn unescape(raw: &[u8], escaped: bool) -> Result<String, String> {
     let body = &raw[1..raw.len().saturating_sub(1).max(1)];
+    if !escaped {
+        return String::from_utf8(body.to_vec())
+            .map_err(|_| "invalid UTF-8 sequence in string".into());
+    }
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
     while i < body.len() {
-        let c = body[i];
-        if c != b'\\' {
-            out.push(c);
-            i += 1;
-            continue;
+        // Copy the run up to the next escape in one go (base64 payloads have none).
+        let run = body[i..]
+            .iter()
+            .position(|&c| c == b'\\')
+            .unwrap_or(body.len() - i);
+        out.extend_from_slice(&body[i..i + run]);
+        i += run;
+        if i == body.len() {
+            break;
         }
         let e = *body.get(i + 1).ok_or("invalid escape sequence in string")?;
         i += 2;
@@ -555,119 +680,31 @@ fn unescape(raw: &[u8]) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "invalid UTF-8 sequence in string".into())
 }
 
-/// Serializes `v` the way qemu-ga does: compact with a space after `:` and
-/// `,`, every non-ASCII character escaped as `\uXXXX` (UTF-16 units).
-pub fn write_value(out: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Value::String(s) => write_str(out, s),
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                write_value(out, x);
-            }
-            out.push(b']');
-        }
-        Value::Object(m) => {
-            out.push(b'{');
-            for (i, (k, x)) in m.iter().enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                write_str(out, k);
-                out.extend_from_slice(b": ");
-                write_value(out, x);
-            }
-            out.push(b'}');
-        }
-    }
-}
-
-/// Writes a JSON string literal with qemu-ga escaping.
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.reserve(s.len() + 2);
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let (mut i, mut start) = (0, 0);
-    while i < bytes.len() {
-        // Skip 8 plain bytes at a time (base64 payloads are all plain).
-        while let Some(w) = bytes.get(i..i + 8) {
-            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-            if word_needs_escape(w) {
-                break;
-            }
-            i += 8;
-        }
-        let Some(&b) = bytes.get(i) else { break };
-        if (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\' {
-            i += 1;
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        let mut len = 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0C => out.extend_from_slice(b"\\f"),
-            _ => {
-                // `i` is always at a character boundary here: only whole
-                // characters are ever skipped.
-                let ch = s
-                    .get(i..)
-                    .and_then(|t| t.chars().next())
-                    .unwrap_or('\u{FFFD}');
-                len = ch.len_utf8();
-                let mut units = [0u16; 2];
-                for u in ch.encode_utf16(&mut units) {
-                    out.extend_from_slice(b"\\u");
-                    for shift in [12, 8, 4, 0] {
-                        out.push(HEX[((*u >> shift) & 0xF) as usize]);
-                    }
-                }
-            }
-        }
-        i += len;
-        start = i;
-    }
-    out.extend_from_slice(&bytes[start.min(bytes.len())..]);
-    out.push(b'"');
-}
-
-/// Whether any of the 8 bytes of `w` is a control character, `"`, `\\`,
-/// DEL or non-ASCII (the bytes `write_str` escapes).
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
-    w & HIGH != 0
-        || w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0
-        || has_zero(w ^ (ONES * b'"' as u64))
-        || has_zero(w ^ (ONES * b'\\' as u64))
-        || has_zero(w ^ (ONES * 0x7F))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Every message `data` produces, fed in one call to a fresh streamer.
     fn run(input: &[u8]) -> Vec<Parsed> {
-        let mut s = Streamer::new();
+        all(&mut Streamer::new(), input)
+    }
+
+    fn all(p: &mut Streamer, data: &[u8]) -> Vec<Parsed> {
         let mut v = Vec::new();
-        s.feed(input, &mut |p| v.push(p));
+        let n = p.feed(data, |m| {
+            v.push(m);
+            true
+        });
+        assert_eq!(n, data.len());
         v
     }
+
+    fn is_err(p: &Parsed, text: &str) -> bool {
+        matches!(p, Parsed::Error(e) if e.desc().contains(text))
+    }
+
+    // From the agent's former json.rs.
 
     #[test]
     fn several_objects_and_split_writes() {
@@ -683,7 +720,7 @@ mod tests {
         let mut s = Streamer::new();
         let mut got = Vec::new();
         for b in br#"{"execute": "guest-ping", "id": -12.5e1}"# {
-            s.feed(&[*b], &mut |p| got.push(p));
+            got.extend(all(&mut s, &[*b]));
         }
         assert_eq!(
             got,
@@ -695,16 +732,12 @@ mod tests {
     fn errors_reset_and_recover() {
         let v = run(b"{\"execute\":\"guest-ping\"\x01}\xff{\"a\":1}");
         assert_eq!(v.len(), 4);
-        assert!(matches!(&v[0], Parsed::Error(e) if e.contains("stray")));
-        assert!(matches!(&v[1], Parsed::Error(e) if e.contains("expecting value")));
-        assert!(matches!(&v[2], Parsed::Error(e) if e.contains("stray")));
+        assert!(is_err(&v[0], "stray"));
+        assert!(is_err(&v[1], "expecting value"));
+        assert!(is_err(&v[2], "stray"));
         assert_eq!(v[3], Parsed::Value(json!({"a":1})));
-        assert!(
-            matches!(&run(b"bad ")[0], Parsed::Error(e) if e.contains("invalid keyword 'bad'"))
-        );
-        assert!(
-            matches!(&run(b"{\"a\":1,\"a\":2}")[0], Parsed::Error(e) if e.contains("duplicate"))
-        );
+        assert!(is_err(&run(b"bad ")[0], "invalid keyword 'bad'"));
+        assert!(is_err(&run(b"{\"a\":1,\"a\":2}")[0], "duplicate"));
         assert!(matches!(&run(b"{\"a\":\"\\ud83d\"}")[0], Parsed::Error(_)));
         assert!(matches!(&run(b"{\"a\":\"\xc3\"}")[0], Parsed::Error(_)));
         assert!(run(b"42").is_empty(), "a number needs a terminator");
@@ -714,20 +747,18 @@ mod tests {
     #[test]
     fn token_size_limit_resets() {
         let mut s = Streamer::new();
-        let mut v = Vec::new();
-        s.feed(b"{\"execute\":\"", &mut |p| v.push(p));
+        let mut v = all(&mut s, b"{\"execute\":\"");
         let chunk = vec![b'a'; 1 << 20];
         for _ in 0..(MAX_TOKEN_SIZE >> 20) + 1 {
-            s.feed(&chunk, &mut |p| v.push(p));
+            v.extend(all(&mut s, &chunk));
         }
         assert!(
-            matches!(&v[..], [Parsed::Error(e)] if e.contains("size limit")),
+            matches!(&v[..], [Parsed::Error(e)] if e.desc().contains("size limit")),
             "{v:?}"
         );
         assert!(s.arena.capacity() < 1 << 20, "memory given back");
         // Recovery skips to the next structural character.
-        v.clear();
-        s.feed(b"aaa\"}{\"a\":1}", &mut |p| v.push(p));
+        let v = all(&mut s, b"aaa\"}{\"a\":1}");
         assert_eq!(v.last(), Some(&Parsed::Value(json!({"a": 1}))));
     }
 
@@ -735,34 +766,227 @@ mod tests {
     fn nesting_limit() {
         let deep = vec![b'['; MAX_NESTING + 10];
         let v = run(&deep);
-        assert!(matches!(&v[0], Parsed::Error(e) if e.contains("nesting")));
+        assert!(is_err(&v[0], "nesting"));
+    }
+
+    // From qmp's former parser.rs.
+
+    #[test]
+    fn splits_back_to_back_and_partial_messages() {
+        let mut p = Streamer::default();
+        let r = all(&mut p, br#"{"a":1}{"b":[1,{"c":"}"}]}  {"d""#);
+        assert_eq!(
+            r,
+            vec![
+                Parsed::Value(json!({"a":1})),
+                Parsed::Value(json!({"b":[1,{"c":"}"}]}))
+            ]
+        );
+        assert!(!p.is_idle());
+        let r = all(&mut p, b":2}\n");
+        assert_eq!(r, vec![Parsed::Value(json!({"d":2}))]);
+        assert!(p.is_idle());
     }
 
     #[test]
-    fn escaping_matches_a_byte_wise_reference() {
-        // Every ASCII byte at every position of a 20-byte string.
-        for b in 0u8..0x80 {
-            for pos in 0..20 {
-                let mut t = vec![b'a'; 20];
-                t[pos] = b;
-                let t = String::from_utf8(t).unwrap();
-                let mut fast = Vec::new();
-                write_str(&mut fast, &t);
-                let back: String = serde_json::from_slice(&fast).unwrap();
-                assert_eq!(back, t);
-                let plain = (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\';
-                assert_eq!(fast.len() == 22, plain, "byte {b:#x} at {pos}");
+    fn byte_at_a_time() {
+        let mut p = Streamer::default();
+        let mut out = Vec::new();
+        for b in br#"{"execute":"x","arguments":{"s":"a\"b\\"}}"# {
+            out.extend(all(&mut p, &[*b]));
+        }
+        assert_eq!(
+            out,
+            vec![Parsed::Value(
+                json!({"execute":"x","arguments":{"s":"a\"b\\"}})
+            )]
+        );
+    }
+
+    #[test]
+    fn single_quotes_are_accepted() {
+        let r = run(br#"{'execute':'it"s','x':'a\'b'}"#);
+        assert_eq!(r, vec![Parsed::Value(json!({"execute":"it\"s","x":"a'b"}))]);
+    }
+
+    #[test]
+    fn stray_bytes_reset() {
+        let mut p = Streamer::default();
+        let r = all(&mut p, b"{\"a\":\xff{\"b\":1}");
+        assert_eq!(r.len(), 2);
+        // QEMU's text: the offending token, invalid UTF-8 shown as U+FFFD.
+        assert_eq!(
+            r[0],
+            Parsed::Error(ParseError::Syntax("stray '\u{fffd}'".into()))
+        );
+        assert_eq!(r[1], Parsed::Value(json!({"b":1})));
+        let r = all(&mut p, b"\x01");
+        assert_eq!(
+            r,
+            vec![Parsed::Error(ParseError::Syntax("stray '\u{1}'".into()))]
+        );
+        // Inside a string, the stray token is the string so far.
+        let r = run(b"{\"a\":\"xy\x01\"}");
+        assert_eq!(
+            r[0],
+            Parsed::Error(ParseError::Syntax("stray '\"xy\u{1}'".into()))
+        );
+        assert_eq!(
+            ParseError::Syntax("stray '\u{fffd}'".into()).desc(),
+            "JSON parse error, stray '\u{fffd}'"
+        );
+    }
+
+    #[test]
+    fn scalars_and_garbage() {
+        let mut p = Streamer::default();
+        let r = all(&mut p, b"42 bad {\"a\":1}");
+        assert_eq!(r[0], Parsed::Value(json!(42)));
+        assert_eq!(
+            r[1],
+            Parsed::Error(ParseError::Syntax("invalid keyword 'bad'".into()))
+        );
+        assert_eq!(r[2], Parsed::Value(json!({"a":1})));
+        let r = all(&mut p, b"}");
+        assert_eq!(
+            r,
+            vec![Parsed::Error(ParseError::Syntax("expecting value".into()))]
+        );
+        let r = all(&mut p, b"{\"a\" 1}");
+        assert_eq!(
+            r,
+            vec![Parsed::Error(ParseError::Syntax(
+                "missing : in object pair".into()
+            ))]
+        );
+    }
+
+    #[test]
+    fn limits_bound_memory() {
+        let mut p = Streamer::with_limits(1000, 8);
+        let r = all(&mut p, &[b'['; 9]);
+        assert_eq!(r, vec![Parsed::Error(ParseError::TooDeep)]);
+        assert!(ParseError::TooDeep.is_limit());
+        let mut big = b"{\"a\":\"".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 5000));
+        let r = all(&mut p, &big);
+        assert!(r.contains(&Parsed::Error(ParseError::TooLarge)));
+        assert!(ParseError::TooLarge.is_limit());
+        assert!(p.pending_len() <= 1000);
+    }
+
+    #[test]
+    fn bulk_and_byte_at_a_time_agree() {
+        let input: &[u8] =
+            br#"{"a":"plain text then \"esc\" and 'single'",'b':'it"s \' x',"c":["\u00e9"]}"#;
+        let a = run(input);
+        let mut bytes = Streamer::default();
+        let mut b = Vec::new();
+        for x in input {
+            b.extend(all(&mut bytes, &[*x]));
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 1);
+        // The size limit holds inside long strings too.
+        let mut p = Streamer::with_limits(64, 8);
+        let mut big = b"{\"a\":\"".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 500));
+        let r = all(&mut p, &big);
+        assert!(r.contains(&Parsed::Error(ParseError::TooLarge)), "{r:?}");
+        assert!(p.pending_len() <= 64);
+    }
+
+    #[test]
+    fn invalid_utf8_in_strings_is_an_error_not_a_panic() {
+        let r = run(b"{\"a\":\"\xc3\x28\"}");
+        assert_eq!(
+            r,
+            vec![Parsed::Error(ParseError::Syntax(
+                "invalid UTF-8 sequence in string".into()
+            ))]
+        );
+    }
+
+    // New with the merge: the bulk string path must not change anything.
+
+    #[test]
+    fn bulk_path_matches_byte_path_at_the_size_limit() {
+        // Strings that end just below, at, and just above the limit, and a mix of plain
+        // runs, escapes, non-ASCII and a stray byte; chunked in every size from 1 to 7.
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for len in 40..52 {
+            let mut m = b"{\"a\":\"".to_vec();
+            m.extend(std::iter::repeat_n(b'x', len));
+            m.extend_from_slice(b"\"}{\"b\":1}");
+            inputs.push(m);
+        }
+        inputs.push("{'s':'a\\'b\"c\u{e9}\\u00e9'}{\"t\":\"x\x02y\"}[\"z\"]".into());
+        for input in &inputs {
+            let mut one = Streamer::with_limits(48, 8);
+            let whole = all(&mut one, input);
+            for chunk in 1..8 {
+                let mut p = Streamer::with_limits(48, 8);
+                let mut got = Vec::new();
+                for c in input.chunks(chunk) {
+                    got.extend(all(&mut p, c));
+                }
+                assert_eq!(
+                    got,
+                    whole,
+                    "chunk {chunk} of {:?}",
+                    String::from_utf8_lossy(input)
+                );
             }
         }
-        let mut o = Vec::new();
-        write_str(&mut o, "abcdefgh\u{e9}abcdefgh\u{7f}");
-        assert_eq!(o, br#""abcdefgh\u00E9abcdefgh\u007F""#);
     }
 
     #[test]
-    fn output_escaping() {
-        let mut o = Vec::new();
-        write_value(&mut o, &json!({"a": "\u{201c}x\u{1F600}\"\n\u{1}"}));
-        assert_eq!(o, br#"{"a": "\u201Cx\uD83D\uDE00\"\n\u0001"}"#);
+    fn plain_run_matches_a_byte_wise_reference() {
+        for quote in [b'"', b'\''] {
+            for b in 0..=255u8 {
+                for pos in 0..20 {
+                    let mut t = vec![b'a'; 20];
+                    t[pos] = b;
+                    let want = if is_plain_str_byte(b, quote) { 20 } else { pos };
+                    assert_eq!(plain_str_run(&t, quote), want, "byte {b:#x} at {pos}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn feed_stops_when_asked_and_reset_leaves_recovery() {
+        let mut p = Streamer::new();
+        let input = br#"{"a":1}{"b":2}{"c":3}"#;
+        let mut got = Vec::new();
+        let n = p.feed(input, |m| {
+            got.push(m);
+            false
+        });
+        assert_eq!(n, 7);
+        assert_eq!(got, vec![Parsed::Value(json!({"a":1}))]);
+        let r = all(&mut p, &input[n..]);
+        assert_eq!(r.len(), 2);
+        // After a lexical error the lexer skips to a structural character; reset() does not.
+        let r = all(&mut p, b"\x01");
+        assert_eq!(r.len(), 1);
+        assert!(all(&mut p, b"\"x\" ").is_empty(), "skipped in recovery");
+        p.reset();
+        assert!(p.is_idle());
+        assert_eq!(all(&mut p, b"\"x\""), vec![Parsed::Value(json!("x"))]);
+    }
+
+    #[test]
+    fn big_string_in_one_feed() {
+        let mut m = b"{\"return\": {\"buf-b64\": \"".to_vec();
+        m.extend(std::iter::repeat_n(b'A', 3 << 20));
+        m.extend_from_slice(b"\", \"count\": 1}}");
+        let r = run(&m);
+        assert_eq!(r.len(), 1);
+        let Parsed::Value(v) = &r[0] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(v["return"]["buf-b64"].as_str().map(str::len), Some(3 << 20));
+        assert_eq!(v["return"]["count"], json!(1));
     }
 }
