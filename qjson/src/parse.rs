@@ -155,10 +155,12 @@ impl Streamer {
     }
 
     /// A streamer with other limits on the total token size of one message (bytes) and on
-    /// nesting depth; the token count limit is always [`MAX_TOKEN_COUNT`].
+    /// nesting depth (at most [`MAX_NESTING`], which bounds the parser's recursion); the token
+    /// count limit is always [`MAX_TOKEN_COUNT`].
     pub fn with_limits(max_size: usize, max_depth: usize) -> Self {
         // Token offsets are u32.
         let max_size = max_size.min(u32::MAX as usize - 1);
+        let max_depth = max_depth.min(MAX_NESTING);
         Streamer {
             state: Lex::Start,
             arena: Vec::new(),
@@ -515,7 +517,7 @@ impl<'a> TokenParser<'a> {
 
     fn value(&mut self) -> Result<Value, String> {
         let Some(t) = self.next() else {
-            return Err("expecting value".into());
+            return Err("premature EOI".into());
         };
         match t.kind {
             Kind::LCurly => self.object(),
@@ -549,10 +551,10 @@ impl<'a> TokenParser<'a> {
             return Ok(Value::Object(map));
         }
         loop {
-            let key = match self.next() {
-                Some(t) if t.kind == Kind::Str => unescape(self.text(t), t.escaped)?,
-                Some(_) => return Err("key is not a string in object".into()),
-                None => return Err("premature EOI".into()),
+            // As QEMU's parse_pair: the key is parsed as any value, then must be a string.
+            let key = match self.value()? {
+                Value::String(k) => k,
+                _ => return Err("key is not a string in object".into()),
             };
             match self.next() {
                 Some(t) if t.kind == Kind::Colon => {}
@@ -568,9 +570,6 @@ impl<'a> TokenParser<'a> {
                 Some(t) if t.kind == Kind::RCurly => return Ok(Value::Object(map)),
                 Some(_) => return Err("expected separator in dict".into()),
                 None => return Err("premature EOI".into()),
-            }
-            if self.peek_kind() == Some(Kind::RCurly) {
-                return Err("expecting value".into());
             }
         }
     }
@@ -607,37 +606,75 @@ fn parse_int(text: &[u8]) -> Value {
         .unwrap_or(Value::Null)
 }
 
+const BAD_UTF8: &str = "invalid UTF-8 sequence in string";
+
+/// QEMU's `cvt4hex`: the value of the four hex digits at the start of `s`, if they are.
 fn hex4(s: &[u8]) -> Option<u32> {
-    if s.len() < 4 {
-        return None;
-    }
+    let digits = s.get(..4)?;
     let mut v = 0u32;
-    for &c in &s[..4] {
+    for &c in digits {
         v = v * 16 + (c as char).to_digit(16)?;
     }
     Some(v)
 }
 
-/// Decodes a string token (quotes included; `escaped`: it has a `\`) into a Rust string.
-fn unescape(raw: &[u8], escaped: bool) -> Result<String, String> {
-    let body = &raw[1..raw.len().saturating_sub(1).max(1)];
-    if !escaped {
-        return String::from_utf8(body.to_vec())
-            .map_err(|_| "invalid UTF-8 sequence in string".into());
+/// QEMU's `is_valid_codepoint`: Unicode scalar values that are not noncharacters.
+fn is_valid_codepoint(cp: u32) -> bool {
+    cp <= 0x10FFFF
+        && !(0xFDD0..=0xFDEF).contains(&cp)
+        && cp & 0xFFFE != 0xFFFE
+        && !(0xD800..=0xDFFF).contains(&cp)
+}
+
+/// Appends raw (unescaped) string bytes with QEMU's `mod_utf8_codepoint` rules: UTF-8 without
+/// noncharacters, plus `C0 80` for U+0000 (modified UTF-8).
+fn push_raw(out: &mut String, mut s: &[u8]) -> Result<(), String> {
+    loop {
+        let (good, rest) = match std::str::from_utf8(s) {
+            Ok(t) => (t, &[][..]),
+            Err(e) => {
+                let (good, rest) = s.split_at(e.valid_up_to());
+                (std::str::from_utf8(good).map_err(|_| BAD_UTF8)?, rest)
+            }
+        };
+        if !good.is_ascii() && good.chars().any(|c| !is_valid_codepoint(c as u32)) {
+            return Err(BAD_UTF8.into());
+        }
+        out.push_str(good);
+        match rest {
+            [] => return Ok(()),
+            [0xC0, 0x80, tail @ ..] => {
+                out.push('\0');
+                s = tail;
+            }
+            _ => return Err(BAD_UTF8.into()),
+        }
     }
-    let mut out = Vec::with_capacity(body.len());
+}
+
+/// Decodes a string token (quotes included; `escaped`: it has a `\`) the way QEMU's
+/// `parse_string` does, with its error texts, the first error from the left winning.
+fn unescape(raw: &[u8], escaped: bool) -> Result<String, String> {
+    let end = raw.len().saturating_sub(1).max(1);
+    let body = &raw[1..end];
+    let mut out = String::with_capacity(body.len());
+    if !escaped {
+        push_raw(&mut out, body)?;
+        return Ok(out);
+    }
     let mut i = 0;
-    while i < body.len() {
-        // Copy the run up to the next escape in one go (base64 payloads have none).
+    loop {
+        // The run up to the next escape in one go.
         let run = body[i..]
             .iter()
             .position(|&c| c == b'\\')
             .unwrap_or(body.len() - i);
-        out.extend_from_slice(&body[i..i + run]);
+        push_raw(&mut out, &body[i..i + run])?;
         i += run;
         if i == body.len() {
-            break;
+            return Ok(out);
         }
+        let esc = i;
         let e = *body.get(i + 1).ok_or("invalid escape sequence in string")?;
         i += 2;
         let ch = match e {
@@ -651,33 +688,40 @@ fn unescape(raw: &[u8], escaped: bool) -> Result<String, String> {
             b'r' => '\r',
             b't' => '\t',
             b'u' => {
-                let hi = hex4(&body[i..]).ok_or("invalid hex escape sequence in string")?;
+                // As QEMU: four hex digits (the closing quote may be read as one of them),
+                // a leading surrogate pairs only with a following `\u` trailing one, and the
+                // error shows the source text from the `\` over the four digits.
+                let mut cp = hex4(&raw[1 + i..]);
                 i += 4;
-                let cp = if (0xD800..0xDC00).contains(&hi) {
-                    let lo = if body.get(i) == Some(&b'\\') && body.get(i + 1) == Some(&b'u') {
-                        hex4(&body[i + 2..])
-                    } else {
-                        None
-                    };
-                    match lo {
-                        Some(lo) if (0xDC00..0xE000).contains(&lo) => {
-                            i += 6;
-                            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                        }
-                        _ => return Err(format!("\\u{hi:04x} is not a valid Unicode character")),
+                if let Some(hi @ 0xD800..=0xDBFF) = cp {
+                    if body.get(i) == Some(&b'\\') && body.get(i + 1) == Some(&b'u') {
+                        cp = match hex4(&raw[1 + i + 2..]) {
+                            Some(lo @ 0xDC00..=0xDFFF) => {
+                                i += 6;
+                                Some(0x10000 + ((hi & 0x3FF) << 10) + (lo & 0x3FF))
+                            }
+                            _ => None,
+                        };
                     }
-                } else {
-                    hi
-                };
-                char::from_u32(cp)
-                    .ok_or_else(|| format!("\\u{hi:04x} is not a valid Unicode character"))?
+                }
+                match cp
+                    .filter(|&c| is_valid_codepoint(c))
+                    .and_then(char::from_u32)
+                {
+                    Some(c) => c,
+                    None => {
+                        let text = &raw[1 + esc..(1 + i).min(raw.len())];
+                        return Err(format!(
+                            "{} is not a valid Unicode character",
+                            String::from_utf8_lossy(text)
+                        ));
+                    }
+                }
             }
             _ => return Err("invalid escape sequence in string".into()),
         };
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+        out.push(ch);
     }
-    String::from_utf8(out).map_err(|_| "invalid UTF-8 sequence in string".into())
 }
 
 #[cfg(test)]
@@ -767,6 +811,16 @@ mod tests {
         let deep = vec![b'['; MAX_NESTING + 10];
         let v = run(&deep);
         assert!(is_err(&v[0], "nesting"));
+        // The deepest accepted message parses (the parser recurses once per level).
+        let mut ok = vec![b'['; MAX_NESTING];
+        ok.extend(vec![b']'; MAX_NESTING]);
+        let v = run(&ok);
+        assert!(matches!(&v[..], [Parsed::Value(_)]), "{v:?}");
+        let mut ok = b"{\"a\":".repeat(MAX_NESTING - 1);
+        ok.extend_from_slice(b"{}");
+        ok.extend(vec![b'}'; MAX_NESTING - 1]);
+        let v = run(&ok);
+        assert!(matches!(&v[..], [Parsed::Value(_)]), "{v:?}");
     }
 
     // From qmp's former parser.rs.
