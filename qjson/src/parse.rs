@@ -103,6 +103,8 @@ pub struct Streamer {
     cur_start: usize,
     /// The string being lexed has an escape.
     cur_escaped: bool,
+    /// The message outgrew the size limit; it fails when the current token ends.
+    doomed: bool,
     tokens: Vec<Token>,
     braces: i64,
     brackets: i64,
@@ -166,6 +168,7 @@ impl Streamer {
             arena: Vec::new(),
             cur_start: 0,
             cur_escaped: false,
+            doomed: false,
             tokens: Vec::new(),
             braces: 0,
             brackets: 0,
@@ -195,6 +198,7 @@ impl Streamer {
         self.arena.clear();
         self.cur_start = 0;
         self.cur_escaped = false;
+        self.doomed = false;
         // Give back memory after a huge message.
         if self.arena.capacity() > 1 << 20 {
             self.arena.shrink_to(4096);
@@ -225,14 +229,15 @@ impl Streamer {
                 let rest = &data[i..];
                 let run = plain_str_run(rest, q);
                 if run > 0 {
-                    let room = self.max_size.saturating_sub(self.arena.len());
-                    let n = run.min(room);
+                    let token_len = self.arena.len() - self.cur_start;
+                    let n = run.min(self.max_size.saturating_sub(token_len));
                     self.arena.extend_from_slice(&rest[..n]);
                     i += n;
+                    self.check_size(&mut sink);
                     if n == run {
                         continue;
                     }
-                    // The next byte overflows the limit and reports it through `feed_byte`.
+                    // The next byte makes the token too long; `feed_byte` reports it.
                 }
             }
             self.feed_byte(data[i], &mut sink);
@@ -270,10 +275,9 @@ impl Streamer {
         loop {
             match self.state {
                 Lex::Recovery => {
-                    if is_structural(b)
-                        || b == 0xFF
-                        || (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
-                    {
+                    // QEMU's IN_RECOVERY: skip to a structural character, a control
+                    // character other than tab (line ends included), 0xFE or 0xFF.
+                    if is_structural(b) || (b < 0x20 && b != b'\t') || b >= 0xFE {
                         self.state = Lex::Start;
                         continue;
                     }
@@ -438,10 +442,24 @@ impl Streamer {
     /// Appends a byte to the token being lexed, enforcing the size limit.
     fn push_cur(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
         self.arena.push(b);
-        if self.arena.len() > self.max_size {
+        self.check_size(out);
+    }
+
+    /// The size limits while a token grows, as QEMU: a token alone longer than the limit is
+    /// cut off with an error and lexing starts afresh after it; a message whose tokens
+    /// together outgrow it fails when the current token ends (see [`Self::push_token`]).
+    fn check_size(&mut self, out: &mut dyn FnMut(Parsed)) {
+        if self.arena.len() - self.cur_start > self.max_size {
             self.reset_stream();
-            self.state = Lex::Recovery;
+            self.state = Lex::Start;
             out(Parsed::Error(ParseError::TooLarge));
+        } else if self.arena.len() > self.max_size && !self.doomed {
+            // The message is lost whatever follows: keep only the token being lexed (a
+            // lexical error would quote it), so memory stays within the limit.
+            self.arena.drain(..self.cur_start);
+            self.cur_start = 0;
+            self.tokens.clear();
+            self.doomed = true;
         }
     }
 
@@ -453,18 +471,13 @@ impl Streamer {
             Kind::RSquare => self.brackets -= 1,
             _ => {}
         }
-        self.tokens.push(tok);
-        if self.braces < 0 || self.brackets < 0 || (self.braces == 0 && self.brackets == 0) {
-            let parsed = parse_tokens(&self.tokens, &self.arena);
-            self.reset_stream();
-            out(parsed);
-            return;
-        }
-        let err = if self.arena.len() > self.max_size {
+        // As QEMU's json-streamer: the limits are checked before the token joins the
+        // message, even when it is the one that would complete it.
+        let err = if self.doomed || self.arena.len() + 1 > self.max_size {
             Some(ParseError::TooLarge)
-        } else if self.tokens.len() > MAX_TOKEN_COUNT {
+        } else if self.tokens.len() + 1 > MAX_TOKEN_COUNT {
             Some(ParseError::TooManyTokens)
-        } else if (self.braces + self.brackets) as usize > self.max_depth {
+        } else if self.braces + self.brackets > self.max_depth as i64 {
             Some(ParseError::TooDeep)
         } else {
             None
@@ -472,6 +485,13 @@ impl Streamer {
         if let Some(e) = err {
             self.reset_stream();
             out(Parsed::Error(e));
+            return;
+        }
+        self.tokens.push(tok);
+        if self.braces < 0 || self.brackets < 0 || (self.braces == 0 && self.brackets == 0) {
+            let parsed = parse_tokens(&self.tokens, &self.arena);
+            self.reset_stream();
+            out(parsed);
         }
     }
 }
@@ -793,7 +813,8 @@ mod tests {
         let mut s = Streamer::new();
         let mut v = all(&mut s, b"{\"execute\":\"");
         let chunk = vec![b'a'; 1 << 20];
-        for _ in 0..(MAX_TOKEN_SIZE >> 20) + 1 {
+        // The string token (its quote and 64 MiB) gets one byte too long with the last byte.
+        for _ in 0..MAX_TOKEN_SIZE >> 20 {
             v.extend(all(&mut s, &chunk));
         }
         assert!(
@@ -801,9 +822,13 @@ mod tests {
             "{v:?}"
         );
         assert!(s.arena.capacity() < 1 << 20, "memory given back");
-        // Recovery skips to the next structural character.
-        let v = all(&mut s, b"aaa\"}{\"a\":1}");
-        assert_eq!(v.last(), Some(&Parsed::Value(json!({"a": 1}))));
+        // As QEMU's lexer, lexing starts afresh after the cut-off token.
+        assert!(s.is_idle());
+        let v = all(&mut s, b"\"x\" {\"a\":1}");
+        assert_eq!(
+            v,
+            vec![Parsed::Value(json!("x")), Parsed::Value(json!({"a": 1}))]
+        );
     }
 
     #[test]
@@ -821,6 +846,63 @@ mod tests {
         ok.extend(vec![b'}'; MAX_NESTING - 1]);
         let v = run(&ok);
         assert!(matches!(&v[..], [Parsed::Value(_)]), "{v:?}");
+    }
+
+    #[test]
+    fn limits_as_qemu() {
+        // (Checked against QEMU 7.2 at 64 MiB and 2^21 tokens by tests/qemu_oracle.rs.)
+        let m = 16;
+        let fill = |n: usize| {
+            let mut v = b"[\"".to_vec();
+            v.resize(n + 2, b'a');
+            v.extend_from_slice(b"\"]");
+            v
+        };
+        let mut p = Streamer::with_limits(m, 8);
+        // The total is checked before a token joins, even the one closing the message.
+        assert_eq!(
+            all(&mut p, &fill(m - 5)),
+            vec![Parsed::Value(json!(["a".repeat(m - 5)]))]
+        );
+        assert_eq!(
+            all(&mut p, &fill(m - 4)),
+            vec![Parsed::Error(ParseError::TooLarge)]
+        );
+        assert!(p.is_idle());
+        // A token alone longer than the limit is cut off; lexing starts afresh after it.
+        let mut v = vec![b'"'];
+        v.resize(m + 1, b'a');
+        v.extend_from_slice(b"b\" ");
+        assert_eq!(
+            all(&mut p, &v),
+            vec![
+                Parsed::Error(ParseError::TooLarge),
+                Parsed::Error(ParseError::Syntax("invalid keyword 'b'".into()))
+            ]
+        );
+        p.reset();
+        // A message that outgrew the limit inside a token still reports that token's
+        // lexical error, with its text.
+        let r = all(&mut p, b"[\"aaaaaaaaaa\", \"bcdefghijklmn\x01]");
+        assert_eq!(
+            r,
+            vec![
+                Parsed::Error(ParseError::Syntax("stray '\"bcdefghijklmn\u{1}'".into())),
+                Parsed::Error(ParseError::Syntax("expecting value".into()))
+            ]
+        );
+        assert!(p.pending_len() <= m + 1);
+        // Token count: the token after the 2^21st fails, even a closing bracket.
+        let mut v = b"[".to_vec();
+        v.extend(b"1,".repeat((1 << 20) - 1));
+        v.extend_from_slice(b"1]");
+        let r = run(&v);
+        assert_eq!(r, vec![Parsed::Error(ParseError::TooManyTokens)]);
+        assert!(ParseError::TooManyTokens.is_limit());
+        v.truncate(v.len() - 3);
+        v.extend_from_slice(b"]");
+        let r = run(&v);
+        assert!(matches!(&r[..], [Parsed::Value(Value::Array(a))] if a.len() == (1 << 20) - 1));
     }
 
     // From qmp's former parser.rs.

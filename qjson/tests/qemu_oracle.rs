@@ -155,6 +155,23 @@ fn cases() -> Vec<Vec<u8>> {
         b"'a' ",
         b"123456789012345678901234567890 ",
         b"-9223372036854775809 ",
+        // Error recovery: what ends it.
+        b"\x01abc\n\"x\" ",
+        b"\x01abc\r\"x\" ",
+        b"\x01abc\t\"x\" ",
+        b"\x01abc\xfe\"x\" ",
+        b"\x01abc \"x\" [1]",
+        b"\x01\x02\x03",
+        b"-z\x7f\x80\xfd[2]",
+        // Unbalanced brackets.
+        b"[}",
+        b"[}]",
+        b"{]",
+        b"{]}",
+        b"[1}]",
+        b"{\"a\":[}}]",
+        b"]]",
+        b"}}",
     ]
     .iter()
     .map(|c| c.to_vec())
@@ -165,45 +182,57 @@ fn cases() -> Vec<Vec<u8>> {
     v
 }
 
-#[test]
-fn replies_match_qemus_monitor() {
-    if !Path::new(QEMU).exists() {
-        println!("skipped: {QEMU} is not installed");
-        return;
-    }
-    let (_qemu, mut stream) = start_qemu();
-    let mut rd = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    rd.read_line(&mut line).unwrap();
-    assert!(line.contains("\"QMP\""), "greeting: {line}");
-    stream
-        .write_all(br#"{"execute":"qmp_capabilities"}"#)
-        .unwrap();
-    line.clear();
-    rd.read_line(&mut line).unwrap();
-    assert!(line.contains("\"return\""), "{line}");
+/// A negotiated session with QEMU's monitor and the streamer that predicts its replies.
+struct Oracle {
+    _qemu: Qemu,
+    stream: UnixStream,
+    rd: BufReader<UnixStream>,
+    streamer: Streamer,
+}
 
-    let mut streamer = Streamer::new();
-    let mut checked = 0;
-    for case in cases() {
+impl Oracle {
+    /// None (after printing why) when QEMU is not installed.
+    fn start() -> Option<Oracle> {
+        if !Path::new(QEMU).exists() {
+            println!("skipped: {QEMU} is not installed");
+            return None;
+        }
+        let (qemu, mut stream) = start_qemu();
+        let mut rd = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        rd.read_line(&mut line).unwrap();
+        assert!(line.contains("\"QMP\""), "greeting: {line}");
+        stream
+            .write_all(br#"{"execute":"qmp_capabilities"}"#)
+            .unwrap();
+        line.clear();
+        rd.read_line(&mut line).unwrap();
+        assert!(line.contains("\"return\""), "{line}");
+        Some(Oracle {
+            _qemu: qemu,
+            stream,
+            rd,
+            streamer: Streamer::new(),
+        })
+    }
+
+    /// Sends `case` to QEMU and to the streamer and asserts the same outcome.
+    fn check(&mut self, case: &[u8], label: &str) {
         // 0xFF ends whatever the case left half done; the sentinel marks the end of its replies.
-        let mut bytes = case.clone();
+        let mut bytes = case.to_vec();
         bytes.extend_from_slice(b"\xff{\"execute\":\"query-status\",\"id\":\"end\"}");
         let mut want = Vec::new();
-        streamer.feed(&bytes, |p| {
+        self.streamer.feed(&bytes, |p| {
             want.push(parsed_kind(&p));
             true
         });
-        stream.write_all(&bytes).unwrap();
+        self.stream.write_all(&bytes).unwrap();
         let mut got = Vec::new();
+        let mut line = String::new();
         loop {
             line.clear();
-            let n = rd.read_line(&mut line).unwrap();
-            assert!(
-                n > 0,
-                "QEMU closed the monitor after {:?}",
-                String::from_utf8_lossy(&case)
-            );
+            let n = self.rd.read_line(&mut line).unwrap();
+            assert!(n > 0, "QEMU closed the monitor after {label}");
             let r: Value = serde_json::from_str(&line).unwrap();
             if r.get("event").is_some() {
                 continue;
@@ -213,9 +242,74 @@ fn replies_match_qemus_monitor() {
                 break;
             }
         }
-        assert_eq!(got, want, "input {:?}", String::from_utf8_lossy(&case));
-        checked += 1;
+        assert_eq!(got, want, "input {label}");
+        assert!(self.streamer.is_idle());
     }
-    assert!(streamer.is_idle());
-    println!("{checked} inputs: qjson predicts QEMU's replies exactly");
+}
+
+#[test]
+fn replies_match_qemus_monitor() {
+    let Some(mut o) = Oracle::start() else {
+        return;
+    };
+    let cases = cases();
+    for case in &cases {
+        o.check(case, &format!("{:?}", String::from_utf8_lossy(case)));
+    }
+    println!(
+        "{} inputs: qjson predicts QEMU's replies exactly",
+        cases.len()
+    );
+}
+
+#[test]
+fn token_count_limit_matches_qemus_monitor() {
+    let Some(mut o) = Oracle::start() else {
+        return;
+    };
+    // 2^21 tokens and one more, the last one a value or the closing bracket.
+    for n in [(1 << 20) - 1, 1 << 20] {
+        let mut v = b"[".to_vec();
+        v.extend(b"1,".repeat(n - 1));
+        v.extend_from_slice(b"1]");
+        o.check(&v, &format!("[1, * {n}]"));
+        let mut v = b"[".to_vec();
+        v.extend(b"1,".repeat(n));
+        v.extend_from_slice(b"1]");
+        o.check(&v, &format!("[1, * {n} 1]"));
+    }
+}
+
+/// `[` + `"` + `fill` bytes of `a` + `"` + `]`: the token size is `fill + 4`.
+fn string_in_array(fill: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(fill + 4);
+    v.extend_from_slice(b"[\"");
+    v.resize(fill + 2, b'a');
+    v.extend_from_slice(b"\"]");
+    v
+}
+
+/// QEMU's monitor takes about a minute to read 64 MiB, hence `--ignored`:
+/// `cargo test -p qjson --test qemu_oracle -- --ignored`.
+#[test]
+#[ignore = "slow: sends 64 MiB messages to QEMU (about 5 minutes)"]
+fn size_limit_matches_qemus_monitor() {
+    let Some(mut o) = Oracle::start() else {
+        return;
+    };
+    let max = qjson::MAX_TOKEN_SIZE;
+    // Total token size around 64 MiB: the string fits, the closing bracket does not.
+    for fill in [max - 5, max - 4] {
+        o.check(&string_in_array(fill), &format!("[\"a * {fill}\"]"));
+    }
+    // A token longer than the limit: QEMU's lexer cuts it off and lexes the rest afresh.
+    let mut v = vec![b'"'];
+    v.resize(max + 1, b'a');
+    v.extend_from_slice(b"b\" [1]");
+    o.check(&v, "\"a * 64 MiB\"b\" [1]");
+    // The message outgrows the limit inside a token that then has a lexical error.
+    let mut v = b"[\"".to_vec();
+    v.resize(max - 8, b'a');
+    v.extend_from_slice(b"\", \"bcdefghijklmn\x01]");
+    o.check(&v, "[\"a * (64 MiB - 10)\", \"bcdefghijklmn\\x01]");
 }
