@@ -14,4 +14,4 @@ mod parse;
 mod write;
 
 pub use parse::{ParseError, Parsed, Streamer, MAX_NESTING, MAX_TOKEN_COUNT, MAX_TOKEN_SIZE};
-pub use write::{write_str, write_value};
+pub use write::write_value;

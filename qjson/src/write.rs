@@ -37,7 +37,7 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value) {
 }
 
 /// Writes a JSON string literal with qemu-ga escaping.
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
+fn write_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.reserve(s.len() + 2);
     out.push(b'"');
