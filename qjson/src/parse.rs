@@ -448,12 +448,17 @@ impl Streamer {
     /// The size limits while a token grows, as QEMU: a token alone longer than the limit is
     /// cut off with an error and lexing starts afresh after it; a message whose tokens
     /// together outgrow it fails when the current token ends (see [`Self::push_token`]).
+    #[inline]
     fn check_size(&mut self, out: &mut dyn FnMut(Parsed)) {
+        // Both cases below need the total over the limit: one comparison on the hot path.
+        if self.arena.len() <= self.max_size {
+            return;
+        }
         if self.arena.len() - self.cur_start > self.max_size {
             self.reset_stream();
             self.state = Lex::Start;
             out(Parsed::Error(ParseError::TooLarge));
-        } else if self.arena.len() > self.max_size && !self.doomed {
+        } else if !self.doomed {
             // The message is lost whatever follows: keep only the token being lexed (a
             // lexical error would quote it), so memory stays within the limit.
             self.arena.drain(..self.cur_start);
