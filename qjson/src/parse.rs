@@ -269,6 +269,7 @@ impl Streamer {
         self.push_token(tok, out);
     }
 
+    #[inline]
     fn feed_byte(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
         // A loop because a byte that terminates a number or keyword is then
         // processed again from the start state.
@@ -440,6 +441,7 @@ impl Streamer {
     }
 
     /// Appends a byte to the token being lexed, enforcing the size limit.
+    #[inline]
     fn push_cur(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
         self.arena.push(b);
         self.check_size(out);
