@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use qjson::{write_value, Parsed, Streamer};
 use serde_json::{Map, Value};
 
 use crate::args::Args;
 use crate::commands::{self, CommandDef};
 use crate::error::{QgaError, QgaResult};
-use crate::json::{self, Parsed, Streamer};
 use crate::state::{ExecTable, FileTable, FreezeState};
 use crate::worker::{Cleanups, Worker, WorkerError};
 
@@ -140,7 +140,10 @@ impl Agent {
     /// Feeds bytes received from the channel; replies are appended to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let mut msgs = Vec::new();
-        self.streamer.feed(data, &mut |p| msgs.push(p));
+        self.streamer.feed(data, |p| {
+            msgs.push(p);
+            true
+        });
         for m in msgs {
             self.handle(m, out);
         }
@@ -149,7 +152,7 @@ impl Agent {
     /// Handles one parsed message, appending its reply (if any) to `out`.
     pub fn handle(&mut self, msg: Parsed, out: &mut Vec<u8>) {
         let obj = match msg {
-            Parsed::Error(e) => return write_error(out, None, &QgaError::generic(e)),
+            Parsed::Error(e) => return write_error(out, None, &QgaError::generic(e.desc())),
             Parsed::Value(Value::Object(o)) => o,
             Parsed::Value(_) => {
                 return write_error(
@@ -188,10 +191,10 @@ impl Agent {
                     out.push(0xFF);
                 }
                 out.extend_from_slice(b"{\"return\": ");
-                json::write_value(out, &v);
+                write_value(out, &v);
                 if let Some(id) = &id {
                     out.extend_from_slice(b", \"id\": ");
-                    json::write_value(out, id);
+                    write_value(out, id);
                 }
                 out.extend_from_slice(b"}\n");
             }
@@ -238,11 +241,11 @@ fn write_error(out: &mut Vec<u8>, id: Option<&Value>, e: &QgaError) {
     out.extend_from_slice(b"{");
     if let Some(id) = id {
         out.extend_from_slice(b"\"id\": ");
-        json::write_value(out, id);
+        write_value(out, id);
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(b"\"error\": ");
-    json::write_value(out, &e.to_json());
+    write_value(out, &e.to_json());
     out.extend_from_slice(b"}\n");
 }
 

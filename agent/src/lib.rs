@@ -10,7 +10,6 @@ pub mod commands;
 pub mod config;
 pub mod dispatch;
 pub mod error;
-pub mod json;
 pub mod logging;
 pub mod mounts;
 pub mod state;

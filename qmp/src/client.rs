@@ -3,19 +3,19 @@
 //! It speaks QMP (greeting + negotiation) or, with [`QmpClient::connect_agent`], the agent dialect
 //! (no greeting; what `qmp-shell -N` does), and keeps events aside while waiting for replies.
 
+use qjson::{Parsed, Streamer};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::parser::{JsonStreamer, Parsed};
 use crate::protocol::{ErrorClass, QmpError};
 use crate::server::{SocketAddr, Stream};
 
 /// See the module documentation.
 pub struct QmpClient {
     stream: Stream,
-    parser: JsonStreamer,
+    parser: Streamer,
     incoming: VecDeque<Value>,
     events: VecDeque<Value>,
     greeting: Option<Value>,
@@ -45,7 +45,7 @@ impl QmpClient {
         let stream = Stream::connect(addr)?;
         let c = QmpClient {
             stream,
-            parser: JsonStreamer::default(),
+            parser: Streamer::new(),
             incoming: VecDeque::new(),
             events: VecDeque::new(),
             greeting: None,

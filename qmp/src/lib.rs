@@ -1,17 +1,18 @@
 //! QMP: the wire protocol, the monitor server, the guest-agent proxy and a small client.
 //!
-//! - [`parser`]: QEMU-compatible streaming JSON splitter (bounded, survives any byte sequence).
 //! - [`protocol`]: requests, replies, errors, events, greeting, argument checking, ASCII encoding.
 //! - [`server`]: the [`server::Monitor`] event-loop subscriber serving many sessions.
 //! - [`proxy`]: [`proxy::QmpProxy`], forwarding `guest-*` commands to one agent channel.
 //! - [`hmp`]: `human-monitor-command`, QEMU's human monitor for the machine's commands.
 //! - [`hub`]: how the proxy and the machine hand replies/events to sessions.
 //! - [`client`]: a blocking client for tests, benchmarks and tools.
+//!
+//! Input is parsed by [`qjson::Streamer`], the QEMU json-lexer/json-streamer/json-parser
+//! implementation shared with the guest agent.
 
 pub mod client;
 pub mod hmp;
 pub mod hub;
-pub mod parser;
 pub mod protocol;
 pub mod proxy;
 pub mod server;

@@ -7,6 +7,7 @@
 //! bytes. Commands that send no reply on success (`guest-shutdown`, `guest-suspend-*`) are followed
 //! by a sync, so their errors are still reported and success is known without guessing.
 
+use qjson::{Parsed, Streamer};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::io;
@@ -15,7 +16,6 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::hub::{MonitorHandle, SessionId};
-use crate::parser::{JsonStreamer, Parsed};
 use crate::protocol::{self, QmpError};
 
 /// Default host-side timeout for one guest command.
@@ -91,7 +91,7 @@ pub struct QmpProxy {
     state: State,
     queue: VecDeque<Pending>,
     rx: Rx,
-    parser: JsonStreamer,
+    parser: Streamer,
     next_wire_id: u64,
     guest_commands: Vec<(String, bool)>,
     timer: TimerFd,
@@ -113,7 +113,7 @@ impl QmpProxy {
             state: State::Idle,
             queue: VecDeque::new(),
             rx: Rx::SkipToDelimiter,
-            parser: JsonStreamer::new(MAX_REPLY, crate::parser::DEFAULT_MAX_DEPTH),
+            parser: Streamer::with_limits(MAX_REPLY, qjson::MAX_NESTING),
             next_wire_id: 1,
             guest_commands: Vec::new(),
             timer: TimerFd::new()?,
@@ -234,7 +234,7 @@ impl QmpProxy {
             let syncing = matches!(self.state, State::Syncing { .. });
             let mut skip_rest = false;
             self.parser.feed(&data[..end], |p| {
-                skip_rest = syncing && matches!(p, Parsed::Error(_));
+                skip_rest |= syncing && matches!(p, Parsed::Error(_));
                 msgs.push(p);
                 !skip_rest
             });
@@ -587,7 +587,7 @@ mod tests {
         fn take_sent(&self) -> Vec<Value> {
             let bytes = std::mem::take(&mut *self.sent.borrow_mut());
             let mut out = Vec::new();
-            let mut p = JsonStreamer::default();
+            let mut p = Streamer::new();
             for part in bytes.split(|&b| b == 0xFF) {
                 p.feed(part, |m| {
                     if let Parsed::Value(v) = m {

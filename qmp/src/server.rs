@@ -6,6 +6,7 @@
 //! command is with the agent, the session's later input waits (and its socket is not read).
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use qjson::{Parsed, Streamer};
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use crate::hmp;
 use crate::hub::{MonitorHandle, Outgoing, SessionId};
-use crate::parser::{JsonStreamer, Parsed};
 use crate::protocol::{self, check_args, Param, ParamKind, QmpError, Request};
 use crate::proxy::QmpProxy;
 
@@ -176,7 +176,7 @@ impl Write for Stream {
 struct Session {
     id: SessionId,
     stream: Stream,
-    parser: JsonStreamer,
+    parser: Streamer,
     inbox: VecDeque<Parsed>,
     out: Vec<u8>,
     out_pos: usize,
@@ -335,7 +335,7 @@ impl Monitor {
         let mut s = Session {
             id,
             stream,
-            parser: JsonStreamer::default(),
+            parser: Streamer::new(),
             inbox: VecDeque::new(),
             out: Vec::new(),
             out_pos: 0,
