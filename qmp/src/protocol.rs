@@ -186,40 +186,12 @@ pub fn greeting() -> Value {
     json!({"QMP": {"version": version_info(), "capabilities": []}})
 }
 
-/// Serializes a message as one ASCII line (non-ASCII escaped as `\uXXXX`) plus `terminator`.
+/// Serializes a message as one line plus `terminator`, byte for byte as QEMU writes it
+/// (`qobject_to_json`: `": "` and `", "` separators, everything outside printable ASCII escaped
+/// as `\uXXXX`), so that scripts matching QEMU's text match ours.
 pub fn encode_line(v: &Value, terminator: &[u8], out: &mut Vec<u8>) {
-    let mut ser = serde_json::Serializer::with_formatter(&mut *out, AsciiFormatter);
-    // Serializing a Value into a Vec cannot fail.
-    let _ = serde::Serialize::serialize(v, &mut ser);
+    qjson::write_value(out, v);
     out.extend_from_slice(terminator);
-}
-
-/// A compact JSON formatter that escapes every non-ASCII character, as QEMU does.
-struct AsciiFormatter;
-
-impl serde_json::ser::Formatter for AsciiFormatter {
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
-        if fragment.is_ascii() {
-            return writer.write_all(fragment.as_bytes());
-        }
-        let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            if c.is_ascii() {
-                continue;
-            }
-            writer.write_all(&fragment.as_bytes()[start..i])?;
-            let mut units = [0u16; 2];
-            for u in c.encode_utf16(&mut units) {
-                write!(writer, "\\u{:04x}", u)?;
-            }
-            start = i + c.len_utf8();
-        }
-        writer.write_all(&fragment.as_bytes()[start..])
-    }
 }
 
 /// A parameter of a command, for QEMU-style argument checking.
@@ -318,8 +290,16 @@ mod tests {
     #[test]
     fn ascii_encoding() {
         let mut out = Vec::new();
-        encode_line(&json!({"s":"a\u{201c}\u{1f600}"}), b"\r\n", &mut out);
-        assert_eq!(out, b"{\"s\":\"a\\u201c\\ud83d\\ude00\"}\r\n");
+        encode_line(
+            &json!({"return": {}, "id": ["a/b\u{e9}\u{1}\u{7f}\u{1f600}\t", 1.5, 1]}),
+            b"\r\n",
+            &mut out,
+        );
+        // As qemu-system-x86_64 7.2 answered the same id.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"id\": [\"a/b\\u00E9\\u0001\\u007F\\uD83D\\uDE00\\t\", 1.5, 1], \"return\": {}}\r\n"
+        );
     }
 
     #[test]

@@ -476,10 +476,10 @@ fn tcp_monitor_client_mode_and_pty() {
     assert!(greeting.starts_with("{\"QMP\""), "{greeting}");
     w.write_all(b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-name\"}")
         .unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "{\"return\":{}}");
+    assert_eq!(lines.next().unwrap().unwrap(), "{\"return\": {}}");
     assert_eq!(
         lines.next().unwrap().unwrap(),
-        "{\"return\":{\"name\":\"n1\"}}"
+        "{\"return\": {\"name\": \"n1\"}}"
     );
     drop(vmm);
 }
