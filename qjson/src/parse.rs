@@ -356,22 +356,9 @@ impl Streamer {
                     }
                     _ => return self.lex_error(b, out),
                 },
-                Lex::Zero => match b {
-                    b'0'..=b'9' => return self.lex_error(b, out),
-                    b'.' => {
-                        self.state = Lex::Dot;
-                        return self.push_cur(b, out);
-                    }
-                    b'e' | b'E' => {
-                        self.state = Lex::Exp;
-                        return self.push_cur(b, out);
-                    }
-                    _ => {
-                        self.finish(Kind::Int, out);
-                        continue;
-                    }
-                },
-                Lex::Int => match b {
+                // After a leading 0 no digit may follow (QEMU: `01` is two errors).
+                Lex::Zero | Lex::Int => match b {
+                    b'0'..=b'9' if self.state == Lex::Zero => return self.lex_error(b, out),
                     b'0'..=b'9' => return self.push_cur(b, out),
                     b'.' => {
                         self.state = Lex::Dot;

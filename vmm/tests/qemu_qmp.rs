@@ -20,6 +20,27 @@ fn venv_python() -> PathBuf {
     py
 }
 
+/// Runs QEMU's `qmp-shell` (with `flags`) on the vmm's monitor, `input` on its stdin; returns
+/// its stdout, after checking that it exited successfully.
+fn qmp_shell(vmm: &Vmm, flags: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
+    let shell = venv_python().parent().unwrap().join("qmp-shell");
+    let mut child = Command::new(shell)
+        .args(flags)
+        .arg(&vmm.qmp)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{stderr}");
+    text
+}
+
 #[test]
 fn qemu_qmp_client_works_unmodified() {
     let py = venv_python();
@@ -43,26 +64,13 @@ fn qemu_qmp_client_works_unmodified() {
 
 #[test]
 fn qmp_shell_works_unmodified() {
-    let py = venv_python();
-    let shell = py.parent().unwrap().join("qmp-shell");
     let dir = tempfile::tempdir().unwrap();
     let vmm = Vmm::start(dir.path(), &["-name", "shelltest"]);
-    let mut child = Command::new(shell)
-        .arg(&vmm.qmp)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"query-status\nquery-name\nringbuf-read device=x size=1\nnope\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = qmp_shell(
+        &vmm,
+        &[],
+        b"query-status\nquery-name\nringbuf-read device=x size=1\nnope\n",
+    );
     assert!(text.contains("Connected to QEMU 7.2.0"), "{text}");
     assert!(
         text.contains(r#""status": "running""#) && text.contains(r#""running": true"#),
@@ -78,35 +86,17 @@ fn qmp_shell_works_unmodified() {
 
 #[test]
 fn qmp_shell_hmp_mode_works() {
-    let py = venv_python();
-    let shell = py.parent().unwrap().join("qmp-shell");
     let dir = tempfile::tempdir().unwrap();
     let vmm = Vmm::start(
         dir.path(),
         &["-name", "hmptest", "-chardev", "ringbuf,id=rb,size=16"],
     );
-    let mut child = Command::new(shell)
-        .arg("-H")
-        .arg(&vmm.qmp)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"info status\nstop\ninfo status\ninfo name\nringbuf_write rb \"hi there\"\n\
-              ringbuf_read rb 20\nringbuf_read nope 1\nnope\nhelp stop\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}\n{stderr}");
+    let text = qmp_shell(
+        &vmm,
+        &["-H"],
+        b"info status\nstop\ninfo status\ninfo name\nringbuf_write rb \"hi there\"\n\
+          ringbuf_read rb 20\nringbuf_read nope 1\nnope\nhelp stop\n",
+    );
     assert!(text.contains("Welcome to the HMP shell!"), "{text}");
     for want in [
         "VM status: running",
