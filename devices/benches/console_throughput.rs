@@ -17,25 +17,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use common::*;
-use devices::virtio::console::{
-    rx_queue_index, tx_queue_index, ConsoleConfig, PortBackend, PortConfig,
-};
+use devices::virtio::console::{rx_queue_index, tx_queue_index};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Working set: this many buffers of the case's size.
 const BUFFERS: usize = 128;
 /// The device's guest→host staging area.
 const TX_CHUNK_BYTES: usize = 64 * 1024;
-
-/// The host end for benchmarks: takes everything, counts bytes.
-struct Counter(std::sync::Arc<std::sync::atomic::AtomicU64>);
-impl PortBackend for Counter {
-    fn write_to_host(&mut self, data: &[u8]) -> usize {
-        self.0
-            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        data.len()
-    }
-}
 
 /// Throughput end to end (device + this single-threaded test driver) and counting only the
 /// time spent in device calls (what the VMM's device thread would spend).
@@ -52,20 +40,7 @@ fn guest(
     rx_count: usize,
     counter: &std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Guest {
-    let mut g = new_guest(
-        ConsoleConfig {
-            max_nr_ports: 2,
-            ..Default::default()
-        },
-        vec![],
-    );
-    g.t()
-        .device_mut()
-        .add_port(
-            PortConfig::serial(1, "bench"),
-            Box::new(Counter(counter.clone())),
-        )
-        .unwrap();
+    let mut g = guest_with_counting_port("bench", counter);
     g.probe(ProbeOpts {
         event_idx,
         rx_buf,

@@ -482,15 +482,6 @@ fn garbage_on_one_port_does_not_touch_another() {
 }
 
 /// Counts bytes, keeps none.
-struct Count(std::sync::Arc<std::sync::atomic::AtomicU64>);
-impl devices::virtio::console::PortBackend for Count {
-    fn write_to_host(&mut self, data: &[u8]) -> usize {
-        self.0
-            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::SeqCst);
-        data.len()
-    }
-}
-
 #[test]
 fn huge_tx_chain_is_copied_in_bounded_steps() {
     huge_chain(true);
@@ -507,20 +498,7 @@ fn huge_chain(with_trigger: bool) {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut g = new_guest(
-        ConsoleConfig {
-            max_nr_ports: 2,
-            ..Default::default()
-        },
-        vec![],
-    );
-    g.t()
-        .device_mut()
-        .add_port(
-            PortConfig::serial(1, "sink"),
-            Box::new(Count(count.clone())),
-        )
-        .unwrap();
+    let mut g = guest_with_counting_port("sink", &count);
     let work = EventFd::new(EFD_NONBLOCK).unwrap();
     if with_trigger {
         g.t()

@@ -356,6 +356,36 @@ pub struct Guest {
     tx_caps: HashMap<u64, u32>,
 }
 
+/// A host end that takes every byte and counts them.
+pub struct ByteCounter(pub Arc<std::sync::atomic::AtomicU64>);
+
+impl PortBackend for ByteCounter {
+    fn write_to_host(&mut self, data: &[u8]) -> usize {
+        self.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+        data.len()
+    }
+}
+
+/// A guest (not probed yet) whose device has serial port 1 named `name`, its host end counting
+/// the bytes it takes into `count`.
+pub fn guest_with_counting_port(name: &str, count: &Arc<std::sync::atomic::AtomicU64>) -> Guest {
+    let g = new_guest(
+        ConsoleConfig {
+            max_nr_ports: 2,
+            ..Default::default()
+        },
+        vec![],
+    );
+    g.t()
+        .device_mut()
+        .add_port(
+            PortConfig::serial(1, name),
+            Box::new(ByteCounter(count.clone())),
+        )
+        .unwrap();
+    g
+}
+
 pub fn new_guest(cfg: ConsoleConfig, ports: Vec<(PortConfig, HostEnd)>) -> Guest {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let mut console = Console::new(cfg).unwrap();
