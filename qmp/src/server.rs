@@ -48,6 +48,23 @@ pub trait Machine {
     }
 }
 
+/// Runs `query-version` or one of the machine's commands, arguments checked as QEMU does.
+fn run_command(
+    machine: &mut dyn Machine,
+    name: &str,
+    args: &Map<String, Value>,
+) -> Result<Value, QmpError> {
+    if name == "query-version" {
+        return check_args(&[], args).map(|_| protocol::version_info());
+    }
+    match machine.commands().into_iter().find(|c| c.name == name) {
+        Some(spec) => check_args(spec.params, args).and_then(|_| machine.execute(name, args)),
+        None => Err(QmpError::not_found(format!(
+            "The command {name} has not been found"
+        ))),
+    }
+}
+
 /// Where a monitor listens (or connects, for client mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketAddr {
@@ -507,7 +524,6 @@ impl Monitor {
             "qmp_capabilities" => Err(QmpError::not_found(
                 "Capabilities negotiation is already complete, command ignored",
             )),
-            "query-version" => check_args(&[], &arguments).map(|_| protocol::version_info()),
             "query-commands" => check_args(&[], &arguments).map(|_| self.query_commands()),
             "human-monitor-command" => self.human_monitor_command(&arguments),
             name if name.starts_with("guest-") && self.proxy.is_some() => {
@@ -525,13 +541,7 @@ impl Monitor {
                     Err(e) => Some(protocol::reply_err(&e, id)),
                 };
             }
-            name => match self.machine.commands().into_iter().find(|c| c.name == name) {
-                Some(spec) => check_args(spec.params, &arguments)
-                    .and_then(|_| self.machine.execute(name, &arguments)),
-                None => Err(QmpError::not_found(format!(
-                    "The command {name} has not been found"
-                ))),
-            },
+            name => run_command(&mut *self.machine, name, &arguments),
         };
         Some(match result {
             Ok(v) => protocol::reply_ok(v, id),
@@ -568,16 +578,8 @@ impl Monitor {
         let line = args["command-line"].as_str().unwrap_or_default();
         let specs = self.machine.commands();
         let has = |name: &str| name == "query-version" || specs.iter().any(|c| c.name == name);
-        let machine = &mut self.machine;
-        let mut exec = |name: &str, a: Map<String, Value>| match name {
-            "query-version" => Ok(protocol::version_info()),
-            _ => match specs.iter().find(|c| c.name == name) {
-                Some(spec) => check_args(spec.params, &a).and_then(|_| machine.execute(name, &a)),
-                None => Err(QmpError::not_found(format!(
-                    "The command {name} has not been found"
-                ))),
-            },
-        };
+        let machine = &mut *self.machine;
+        let mut exec = |name: &str, a: Map<String, Value>| run_command(machine, name, &a);
         let out = hmp::run(
             line,
             &mut hmp::Target {
