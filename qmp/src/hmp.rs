@@ -165,13 +165,13 @@ fn run_line(line: &str, t: &mut Target<'_>, out: &mut String) {
             list(INFO, "info ", t, out);
             return;
         }
-        match INFO.iter().find(|c| c.is(sub) && (t.has)(c.qmp)) {
+        match find(INFO, sub, t) {
             Some(c) => call(c, sub, &format!("info {sub}"), rest, t, out),
             None => out.push_str(&format!("unknown command: 'info {sub}'\n")),
         }
         return;
     }
-    match COMMANDS.iter().find(|c| c.is(word) && (t.has)(c.qmp)) {
+    match find(COMMANDS, word, t) {
         Some(c) => call(c, c.names, word, rest, t, out),
         None => out.push_str(&format!("unknown command: '{word}'\n")),
     }
@@ -231,15 +231,20 @@ fn help(topic: &str, t: &mut Target<'_>, out: &mut String) {
         }
         (Some("help" | "?"), _) => out.push_str(HELP_LINE),
         (Some("info"), None) => list(INFO, "info ", t, out),
-        (Some("info"), Some(sub)) => match INFO.iter().find(|c| c.is(sub) && (t.has)(c.qmp)) {
+        (Some("info"), Some(sub)) => match find(INFO, sub, t) {
             Some(c) => out.push_str(&c.help_line("info ")),
             None => out.push_str(&format!("unknown command: 'info {sub}'\n")),
         },
-        (Some(w), _) => match COMMANDS.iter().find(|c| c.is(w) && (t.has)(c.qmp)) {
+        (Some(w), _) => match find(COMMANDS, w, t) {
             Some(c) => out.push_str(&c.help_line("")),
             None => out.push_str(&format!("unknown command: '{w}'\n")),
         },
     }
+}
+
+/// The command of `cmds` called `word`, if the machine has its QMP command.
+fn find<'c>(cmds: &'c [Cmd], word: &str, t: &Target<'_>) -> Option<&'c Cmd> {
+    cmds.iter().find(|c| c.is(word) && (t.has)(c.qmp))
 }
 
 fn list(cmds: &[Cmd], prefix: &str, t: &mut Target<'_>, out: &mut String) {
