@@ -1,7 +1,7 @@
 //! Descriptor-chain helpers: validate a chain once, then copy bytes in or out of it.
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions};
 
 use super::DeviceError;
 
@@ -95,7 +95,7 @@ pub(crate) fn pop<M: GuestMemory>(
         } else {
             Permissions::Read
         };
-        if !mem.check_range(desc.addr(), dlen as usize, access) {
+        if !in_guest_memory(mem, desc.addr(), dlen as usize, access) {
             error.get_or_insert(ChainError::OutOfMemory);
             continue;
         }
@@ -182,7 +182,7 @@ pub(crate) fn write_at<M: GuestMemory>(mem: &M, buf: &Buffer, at: u64, data: &mu
         let Some(dst) = addr.0.checked_add(skip) else {
             break;
         };
-        if mem.write_slice(&data[..n], GuestAddress(dst)).is_err() {
+        if !copy_to_guest(mem, GuestAddress(dst), &data[..n]) {
             break;
         }
         skip = 0;
@@ -213,9 +213,51 @@ pub(crate) fn read_at<M: GuestMemory>(
         }
         let n = ((len - skip) as usize).min(out.len() - done);
         let src = GuestAddress(addr.0.checked_add(skip)?);
-        mem.read_slice(&mut out[done..done + n], src).ok()?;
+        if !copy_from_guest(mem, src, &mut out[done..done + n]) {
+            return None;
+        }
         skip = 0;
         done += n;
     }
     Some(done)
+}
+
+/// Copy `src` into guest memory at `addr`; `false` if any of it lies outside guest memory.
+/// Ranges within one region of plain (non-IOMMU) memory, the data path's case, are copied
+/// through one slice of that region; anything else goes through `Bytes::write_slice`.
+fn copy_to_guest<M: GuestMemory>(mem: &M, addr: GuestAddress, src: &[u8]) -> bool {
+    if let Some(slice) = mem
+        .physical_memory()
+        .and_then(|m| m.get_slice(addr, src.len()).ok())
+    {
+        slice.copy_from(src);
+        return true;
+    }
+    mem.write_slice(src, addr).is_ok()
+}
+
+/// Fill `out` from guest memory at `addr`; `false` if any of it lies outside guest memory.
+/// (The same one-region fast path as [`copy_to_guest`].)
+fn copy_from_guest<M: GuestMemory>(mem: &M, addr: GuestAddress, out: &mut [u8]) -> bool {
+    if let Some(slice) = mem
+        .physical_memory()
+        .and_then(|m| m.get_slice(addr, out.len()).ok())
+    {
+        slice.copy_to(out);
+        return true;
+    }
+    mem.read_slice(out, addr).is_ok()
+}
+
+/// Whether `addr..addr + len` is guest memory accessible with `access`: one region lookup for
+/// a range within one region of plain memory, `GuestMemory::check_range` otherwise.
+fn in_guest_memory<M: GuestMemory>(
+    mem: &M,
+    addr: GuestAddress,
+    len: usize,
+    access: Permissions,
+) -> bool {
+    mem.physical_memory()
+        .is_some_and(|m| m.get_slice(addr, len).is_ok())
+        || mem.check_range(addr, len, access)
 }

@@ -159,6 +159,9 @@ pub struct Console {
     /// A bound stopped the last call before all work was done.
     more_work: bool,
     warn: LogOnce,
+    /// Segment-list storage reused from chain to chain and call to call (no allocation per
+    /// buffer on the data path).
+    segs: Vec<(GuestAddress, u32)>,
 }
 
 impl Console {
@@ -182,6 +185,7 @@ impl Console {
             control_kick: false,
             more_work: false,
             warn: LogOnce::default(),
+            segs: Vec::new(),
         })
     }
 
@@ -450,7 +454,9 @@ impl Console {
         let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
             return Ok(());
         };
-        let mut walk = Walk::new(q, qi, mem, false);
+        // Handling a message needs all of `self`: this rare path has its own segment storage.
+        let mut segs = Vec::new();
+        let mut walk = Walk::new(q, qi, mem, false, &mut segs);
         loop {
             match walk.next(&mut self.warn)? {
                 Next::Limit => {
@@ -485,7 +491,7 @@ impl Console {
         let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
             return Ok(());
         };
-        let mut walk = Walk::new(q, qi, mem, true);
+        let mut walk = Walk::new(q, qi, mem, true, &mut self.segs);
         while let Some(msg) = self.control_out.front() {
             match walk.next(&mut self.warn)? {
                 Next::Limit => {
@@ -528,7 +534,7 @@ impl Console {
         let mut budget = TX_BYTES_PER_CALL;
         // Buffers of a port that does not exist are consumed and discarded.
         let mut orphan: Option<TxCursor> = None;
-        let mut walk = Walk::new(q, qi, mem, false);
+        let mut walk = Walk::new(q, qi, mem, false, &mut self.segs);
         loop {
             // 1. Offer staged bytes to the backend.
             if let Some(p) = port.as_deref_mut() {
@@ -642,6 +648,7 @@ impl Console {
             io.mem,
             io.irq,
             &mut self.warn,
+            &mut self.segs,
             a,
             c,
             &mut self.more_work,
@@ -676,6 +683,7 @@ impl Console {
                         io.mem,
                         io.irq,
                         &mut self.warn,
+                        &mut self.segs,
                         data,
                         &[],
                         &mut self.more_work,
@@ -697,13 +705,14 @@ fn deliver<M: GuestMemory>(
     mem: &M,
     irq: &dyn InterruptSignal,
     warn: &mut LogOnce,
+    segs: &mut Vec<(GuestAddress, u32)>,
     a: &[u8],
     c: &[u8],
     more_work: &mut bool,
 ) -> Result<usize, DeviceError> {
     let total = a.len() + c.len();
     let mut done = 0;
-    let mut walk = Walk::new(q, qi, mem, true);
+    let mut walk = Walk::new(q, qi, mem, true, segs);
     while done < total {
         match walk.next(warn)? {
             Next::Limit => {
@@ -747,7 +756,8 @@ struct Walk<'a, M: GuestMemory> {
     handled: usize,
     /// Some buffer went to the used ring.
     used: bool,
-    spare: Vec<(GuestAddress, u32)>,
+    /// Segment-list storage for the next chain (the owner's, lent for the pass).
+    spare: &'a mut Vec<(GuestAddress, u32)>,
 }
 
 /// What [`Walk::next`] found.
@@ -761,7 +771,13 @@ enum Next {
 }
 
 impl<'a, M: GuestMemory> Walk<'a, M> {
-    fn new(q: &'a mut Queue, qi: u16, mem: &'a M, writable: bool) -> Self {
+    fn new(
+        q: &'a mut Queue,
+        qi: u16,
+        mem: &'a M,
+        writable: bool,
+        spare: &'a mut Vec<(GuestAddress, u32)>,
+    ) -> Self {
         Walk {
             q,
             qi,
@@ -769,7 +785,7 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
             writable,
             handled: 0,
             used: false,
-            spare: Vec::new(),
+            spare,
         }
     }
 
@@ -783,7 +799,7 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
                 return Ok(Next::Limit);
             }
             self.handled += 1;
-            match queue_io::pop(q, qi, mem, self.writable, std::mem::take(&mut self.spare))? {
+            match queue_io::pop(q, qi, mem, self.writable, std::mem::take(self.spare))? {
                 Popped::None => {
                     if queue_io::rearm(q, qi, mem)? {
                         continue;
@@ -807,7 +823,7 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
     fn give_back(&mut self, buf: queue_io::Buffer, len: u32) -> Result<(), DeviceError> {
         queue_io::add_used(self.q, self.qi, self.mem, buf.head, len)?;
         self.used = true;
-        self.spare = buf.segs;
+        *self.spare = buf.segs;
         Ok(())
     }
 
@@ -818,6 +834,21 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
             irq.trigger(InterruptKind::Queue(self.qi));
         }
         Ok(())
+    }
+}
+
+impl Console {
+    /// Nothing for [`VirtioDevice::process`] to do short of a full scan: no control message
+    /// to send or to read, no port with a transmit kick or with bytes the guest could take.
+    /// (The check after every host-side call; it must agree with what `port_rx`,
+    /// `control_rx` and the kick flags make `process` do.)
+    fn idle(&self) -> bool {
+        !self.control_kick
+            && self.control_out.is_empty()
+            && self
+                .ports
+                .values()
+                .all(|p| !p.tx_kick && (p.to_guest.is_empty() || !p.guest_open))
     }
 }
 
@@ -925,6 +956,9 @@ impl VirtioDevice for Console {
         // DRIVER_OK, when buffers may have been posted before).
         let full = std::mem::take(&mut self.rescan);
         self.more_work = false;
+        if !full && self.idle() {
+            return Ok(());
+        }
         let multiport = self.multiport();
         if multiport && (full || std::mem::take(&mut self.control_kick)) {
             self.control_tx(io)?;
