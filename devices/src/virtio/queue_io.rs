@@ -261,3 +261,77 @@ fn in_guest_memory<M: GuestMemory>(
         .is_some_and(|m| m.get_slice(addr, len).is_ok())
         || mem.check_range(addr, len, access)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    /// Two adjacent regions (0x0..0x1000, 0x1000..0x2000), then a hole up to 0x3000 and a third.
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+            (GuestAddress(0x3000), 0x1000),
+        ])
+        .unwrap()
+    }
+
+    fn buffer(segs: &[(u64, u32)]) -> Buffer {
+        Buffer {
+            head: 0,
+            segs: segs.iter().map(|&(a, l)| (GuestAddress(a), l)).collect(),
+            len: segs.iter().map(|&(_, l)| u64::from(l)).sum(),
+        }
+    }
+
+    #[test]
+    fn copies_cross_adjacent_regions_and_stop_at_holes() {
+        let mem = memory();
+        let data: Vec<u8> = (0..=255u8).cycle().take(0x200).collect();
+        // One segment across the boundary of two regions, then one in the third region.
+        let buf = buffer(&[(0xf00, 0x200), (0x3000, 0x10)]);
+        assert!(in_guest_memory(
+            &mem,
+            GuestAddress(0xf00),
+            0x200,
+            Permissions::Write
+        ));
+        assert_eq!(write_to_buffer(&mem, &buf, &data), 0x200);
+        let mut back = vec![0u8; 0x200];
+        assert_eq!(read_at(&mem, &buf, 0, &mut back), Some(0x200));
+        assert_eq!(back, data);
+        let mut tail = [0u8; 0x10];
+        mem.read_slice(&mut tail, GuestAddress(0x3000)).unwrap();
+        assert_eq!(tail, [0u8; 0x10]);
+        // At an offset that starts in the second segment.
+        let mut src = &data[..0x10];
+        assert_eq!(write_at(&mem, &buf, 0x200, &mut src), 0x10);
+        mem.read_slice(&mut tail, GuestAddress(0x3000)).unwrap();
+        assert_eq!(tail[..], data[..0x10]);
+
+        // Into the hole: refused by the check, and a copy stops there.
+        assert!(!in_guest_memory(
+            &mem,
+            GuestAddress(0x1f00),
+            0x200,
+            Permissions::Write
+        ));
+        let holed = buffer(&[(0x1f00, 0x200)]);
+        assert_eq!(write_to_buffer(&mem, &holed, &data), 0);
+        assert_eq!(read_at(&mem, &holed, 0, &mut back), None);
+        // Past the end of guest memory.
+        assert!(!in_guest_memory(
+            &mem,
+            GuestAddress(0x3ff0),
+            0x20,
+            Permissions::Read
+        ));
+        assert!(!in_guest_memory(
+            &mem,
+            GuestAddress(u64::MAX - 4),
+            0x10,
+            Permissions::Read
+        ));
+    }
+}
