@@ -277,26 +277,7 @@ fn host_to_guest_threaded(
 /// Plain memcpy of `size`-byte pieces from BUFFERS source buffers into a destination area of
 /// `dst_bytes`, cyclically: the same working set the device path touches.
 fn memcpy(size: usize, dst_bytes: usize, secs: f64) -> f64 {
-    let src: Vec<Vec<u8>> = (0..BUFFERS).map(|i| vec![i as u8; size]).collect();
-    let dst_bytes = dst_bytes.max(size) / size * size;
-    let mut dst = vec![0u8; dst_bytes];
-    let mut bytes = 0u64;
-    let start = Instant::now();
-    let mut i = 0;
-    let mut off = 0;
-    loop {
-        for _ in 0..64 {
-            dst[off..off + size].copy_from_slice(black_box(&src[i % BUFFERS]));
-            black_box(&mut dst);
-            i += 1;
-            off = (off + size) % dst_bytes;
-            bytes += size as u64;
-        }
-        if start.elapsed().as_secs_f64() > secs {
-            break;
-        }
-    }
-    gbps(bytes, start.elapsed())
+    copy_loop(size, dst_bytes, 0.0, secs)
 }
 
 /// The copy of the guest-thread cases without the device: `size`-byte chunks copied into
@@ -387,6 +368,12 @@ fn raise_cost(secs: f64) -> f64 {
 /// set with `raises_per_mib` `eventfd` writes interleaved at the rate the device made them (a
 /// system call between copies costs more than one in a tight loop).
 fn ceiling(size: usize, dst_bytes: usize, raises_per_mib: f64, secs: f64) -> f64 {
+    copy_loop(size, dst_bytes, raises_per_mib, secs)
+}
+
+/// The loop behind [`memcpy`] and [`ceiling`]: copies, with `raises_per_mib` eventfd writes
+/// interleaved (none for plain memcpy).
+fn copy_loop(size: usize, dst_bytes: usize, raises_per_mib: f64, secs: f64) -> f64 {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
     let fd = EventFd::new(EFD_NONBLOCK).unwrap();
     let per_copy = size as f64 * raises_per_mib / 1048576.0;
