@@ -174,6 +174,55 @@ fn event_idx_suppresses_interrupts_and_kicks() {
     assert_eq!(agent.received(), vec![0, 1, 2, 3, 4]);
 }
 
+/// Past 65 536 buffers the ring indices wrap. Across the wrap, data must arrive whole in both
+/// directions, and interrupts must come exactly when the driver asked: with event-idx, when a
+/// write's buffers reach `used_event` (set here at random from 2 buffers behind, already
+/// passed, to 3 ahead), without it, for every write.
+#[test]
+fn indices_wrap_and_interrupts_follow_used_event() {
+    const RX_BUF: usize = 64;
+    for event_idx in [true, false] {
+        let (mut g, _, agent) = two_ports();
+        g.probe(ProbeOpts {
+            event_idx,
+            rx_buf: RX_BUF as u32,
+            ..Default::default()
+        });
+        g.set_open(1, true);
+        let rxq = rx_queue_index(1);
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let (mut rx_buffers, mut to_host) = (0u32, Vec::new());
+        for i in 0..70_000u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // This write fills `k` receive buffers; the driver wants an interrupt once the
+            // used index passes `last_used + ahead`.
+            let k = 1 + (rng % 3) as usize;
+            let ahead = ((rng >> 8) % 6) as i32 - 2;
+            let last = g.vqs[&rxq].last_used;
+            g.vqs[&rxq].set_used_event(&g.mem, last.wrapping_add_signed(ahead as i16));
+            g.take_irqs();
+            let len = (k - 1) * RX_BUF + 1 + (rng >> 16) as usize % RX_BUF;
+            let data = pattern(len, i as u8);
+            assert_eq!(g.t().with_device(|c| c.port_write(1, &data)), len);
+            let raised = g.take_irqs() > 0;
+            assert_eq!(
+                raised,
+                !event_idx || (0..k as i32).contains(&ahead),
+                "write {i}: {k} buffers, used_event {ahead} ahead"
+            );
+            assert_eq!(g.read(1), data, "write {i}");
+            rx_buffers += k as u32;
+            // And one byte the other way, in one transmit buffer.
+            assert!(g.write(1, &[i as u8], 1), "write {i}");
+            to_host.push(i as u8);
+        }
+        assert_eq!(agent.received(), to_host);
+        assert!(rx_buffers > 65_536, "the receive ring's indices wrapped");
+    }
+}
+
 #[test]
 fn host_bytes_wait_for_guest_open_like_qemu() {
     let (mut g, _, _) = two_ports();

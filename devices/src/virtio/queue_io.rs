@@ -1,7 +1,11 @@
 //! Descriptor-chain helpers: validate a chain once, then copy bytes in or out of it.
 
+use std::sync::atomic::{fence, Ordering};
+
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions};
+use vm_memory::bitmap::MS;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions, VolatileSlice};
 
 use super::DeviceError;
 
@@ -112,6 +116,135 @@ pub(crate) fn pop<M: GuestMemory>(
         return Ok(Popped::Bad(head, ChainError::Broken));
     }
     Ok(Popped::Buffer(Buffer { head, segs, len }))
+}
+
+/// The three areas of a ready split queue, each as one slice of a guest memory region, for the
+/// data path's common case: a chain of one descriptor with the right direction, returned at
+/// once. [`Rings::pop`] takes such a chain and [`Rings::add_used`] returns a buffer with a
+/// few bounds-checked loads and stores instead of `virtio-queue`'s walk through guest memory
+/// for every field. Anything else (an empty queue, an avail index or head out of range, chains
+/// of several descriptors, indirect tables, buffers outside memory) is left to [`pop`], i.e. to
+/// `virtio-queue`, which reads the same ring state: the queue's `next_avail` and `next_used`
+/// stay the one record of where the device is.
+pub(crate) struct Rings<'a, M: GuestMemory + ?Sized + 'a> {
+    mem: &'a M::PhysicalMemory,
+    desc: VolatileSlice<'a, MS<'a, M::PhysicalMemory>>,
+    avail: VolatileSlice<'a, MS<'a, M::PhysicalMemory>>,
+    used: VolatileSlice<'a, MS<'a, M::PhysicalMemory>>,
+    size: u16,
+    event_idx: bool,
+    /// `next_used` when the pass began: the notification check covers what was added since.
+    start_used: u16,
+}
+
+impl<'a, M: GuestMemory + ?Sized> Rings<'a, M> {
+    /// The rings of `queue` if each lies within one region of plain (non-IOMMU) memory.
+    pub(crate) fn new(queue: &Queue, mem: &'a M) -> Option<Self> {
+        let size = queue.size();
+        if !queue.ready() || size == 0 {
+            return None;
+        }
+        let pm = mem.physical_memory()?;
+        let n = usize::from(size);
+        // With event-idx, each ring has one more u16 after its entries (used_event, avail_event).
+        let desc = pm
+            .get_slice(GuestAddress(queue.desc_table()), 16 * n)
+            .ok()?;
+        let avail = pm
+            .get_slice(GuestAddress(queue.avail_ring()), 6 + 2 * n)
+            .ok()?;
+        let used = pm
+            .get_slice(GuestAddress(queue.used_ring()), 6 + 8 * n)
+            .ok()?;
+        Some(Rings {
+            mem: pm,
+            desc,
+            avail,
+            used,
+            size,
+            event_idx: queue.event_idx_enabled(),
+            start_used: queue.next_used(),
+        })
+    }
+
+    /// The next available chain if it is one descriptor, device-`writable` (or readable), of
+    /// non-zero length and inside one memory region; `None` leaves everything as it was, for
+    /// [`pop`] to look at. `segs` is recycled storage for the segment list.
+    pub(crate) fn pop(
+        &self,
+        queue: &mut Queue,
+        writable: bool,
+        segs: &mut Vec<(GuestAddress, u32)>,
+    ) -> Option<Buffer> {
+        let next = queue.next_avail();
+        // Acquire: the entries and descriptors the driver wrote before the index.
+        let idx = u16::from_le(self.avail.load(2, Ordering::Acquire).ok()?);
+        let pending = idx.wrapping_sub(next);
+        if pending == 0 || pending > self.size {
+            return None;
+        }
+        let slot = 4 + 2 * usize::from(next % self.size);
+        let head = u16::from_le(self.avail.load(slot, Ordering::Acquire).ok()?);
+        if head >= self.size {
+            return None;
+        }
+        let desc: Descriptor = self.desc.read_obj(16 * usize::from(head)).ok()?;
+        if desc.has_next() || desc.refers_to_indirect_table() || desc.is_write_only() != writable {
+            return None;
+        }
+        let len = desc.len();
+        if len == 0 || self.mem.get_slice(desc.addr(), len as usize).is_err() {
+            return None;
+        }
+        queue.set_next_avail(next.wrapping_add(1));
+        segs.clear();
+        segs.push((desc.addr(), len));
+        Some(Buffer {
+            head,
+            segs: std::mem::take(segs),
+            len: u64::from(len),
+        })
+    }
+
+    /// Put `head` with `len` bytes in the used ring and publish it (as `Queue::add_used`).
+    pub(crate) fn add_used(&self, queue: &mut Queue, head: u16, len: u32) -> bool {
+        if head >= self.size {
+            return false;
+        }
+        let next = queue.next_used();
+        let slot = 4 + 8 * usize::from(next % self.size);
+        // struct virtq_used_elem { le32 id; le32 len; }
+        let elem = (u64::from(len) << 32 | u64::from(head)).to_le();
+        if self.used.write_obj(elem, slot).is_err() {
+            return false;
+        }
+        let new = next.wrapping_add(1);
+        // Release: the element before the index.
+        if self.used.store(new.to_le(), 2, Ordering::Release).is_err() {
+            return false;
+        }
+        queue.set_next_used(new);
+        true
+    }
+
+    /// Whether the driver wants an interrupt for the buffers used since [`Rings::new`] (as
+    /// `Queue::needs_notification`, for every buffer of the pass, however it was returned).
+    pub(crate) fn needs_interrupt(&self, queue: &Queue) -> bool {
+        if !self.event_idx {
+            return true;
+        }
+        // The used-ring writes before the read of used_event (pairs with the driver's fence
+        // between writing used_event and reading the used index).
+        fence(Ordering::SeqCst);
+        let Ok(event) = self
+            .avail
+            .load::<u16>(4 + 2 * usize::from(self.size), Ordering::Relaxed)
+        else {
+            return true;
+        };
+        let used = queue.next_used();
+        used.wrapping_sub(u16::from_le(event)).wrapping_sub(1) < used.wrapping_sub(self.start_used)
+    }
 }
 
 /// Return a buffer to the driver.

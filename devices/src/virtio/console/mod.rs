@@ -691,6 +691,9 @@ impl Console {
                 }
             }
         }
+        if done == data.len() {
+            return Ok(done);
+        }
         Ok(done + self.port_write(id, &data[done..]))
     }
 }
@@ -758,6 +761,11 @@ struct Walk<'a, M: GuestMemory> {
     used: bool,
     /// Segment-list storage for the next chain (the owner's, lent for the pass).
     spare: &'a mut Vec<(GuestAddress, u32)>,
+    /// The common case's short way through the rings (see [`queue_io::Rings`]); `None` when a
+    /// ring is not within one region of plain memory. Whether it is present depends only on
+    /// the queue's addresses and the memory map, so every pass over a queue decides the
+    /// interrupt the same way.
+    rings: Option<queue_io::Rings<'a, M>>,
 }
 
 /// What [`Walk::next`] found.
@@ -778,6 +786,7 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
         writable: bool,
         spare: &'a mut Vec<(GuestAddress, u32)>,
     ) -> Self {
+        let rings = queue_io::Rings::new(q, mem);
         Walk {
             q,
             qi,
@@ -786,6 +795,7 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
             handled: 0,
             used: false,
             spare,
+            rings,
         }
     }
 
@@ -799,6 +809,13 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
                 return Ok(Next::Limit);
             }
             self.handled += 1;
+            if let Some(b) = self
+                .rings
+                .as_ref()
+                .and_then(|r| r.pop(q, self.writable, self.spare))
+            {
+                return Ok(Next::Buffer(b));
+            }
             match queue_io::pop(q, qi, mem, self.writable, std::mem::take(self.spare))? {
                 Popped::None => {
                     if queue_io::rearm(q, qi, mem)? {
@@ -821,7 +838,13 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
 
     /// Return `buf` to the driver with `len` bytes written into it.
     fn give_back(&mut self, buf: queue_io::Buffer, len: u32) -> Result<(), DeviceError> {
-        queue_io::add_used(self.q, self.qi, self.mem, buf.head, len)?;
+        let fast = self
+            .rings
+            .as_ref()
+            .is_some_and(|r| r.add_used(self.q, buf.head, len));
+        if !fast {
+            queue_io::add_used(self.q, self.qi, self.mem, buf.head, len)?;
+        }
         self.used = true;
         *self.spare = buf.segs;
         Ok(())
@@ -830,7 +853,17 @@ impl<'a, M: GuestMemory> Walk<'a, M> {
     /// End of the pass: interrupt the driver if buffers were used and it wants to hear about
     /// it.
     fn finish(self, irq: &dyn InterruptSignal) -> Result<(), DeviceError> {
-        if self.used && queue_io::needs_interrupt(self.q, self.qi, self.mem)? {
+        if !self.used {
+            return Ok(());
+        }
+        // With the rings at hand the check covers the whole pass from their own start index
+        // (buffers returned either way); `virtio-queue`'s count of its own `add_used` calls is
+        // then never consulted.
+        let wanted = match &self.rings {
+            Some(r) => r.needs_interrupt(self.q),
+            None => queue_io::needs_interrupt(self.q, self.qi, self.mem)?,
+        };
+        if wanted {
             irq.trigger(InterruptKind::Queue(self.qi));
         }
         Ok(())
