@@ -488,6 +488,10 @@ impl Console {
     ) -> Result<(), DeviceError> {
         let qi = CONTROL_RX_QUEUE;
         let mem = io.mem;
+        if self.control_out.is_empty() {
+            // Nothing to send: no pass over the ring (process calls this whenever a port has work).
+            return Ok(());
+        }
         let Some(q) = io.queues.queue_mut(qi).filter(|q| q.ready()) else {
             return Ok(());
         };
