@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// Default limit on the total size of a message's tokens, in bytes (QEMU: 64 MiB).
 pub const MAX_TOKEN_SIZE: usize = 64 << 20;
@@ -65,15 +65,30 @@ enum Kind {
 }
 
 /// A token: its kind and the range of its raw text in the streamer's
-/// arena (strings keep their quotes and escapes).
+/// arena (strings keep their quotes and escapes; their decoded text is in `Streamer::strings`).
 #[derive(Debug, Clone, Copy)]
 struct Token {
     kind: Kind,
-    /// A string token with at least one `\` escape.
-    escaped: bool,
     start: u32,
     end: u32,
 }
+
+/// The decoding of the string token being lexed, done as its bytes arrive: a megabyte string
+/// costs the wakeup that completes it no more than the others (QEMU decodes it in one go when
+/// the message is complete).
+#[derive(Debug, Default)]
+struct StrDecode {
+    out: String,
+    /// Bytes of the token's body (after the opening quote) decoded so far.
+    pos: usize,
+    /// The first decoding error; the rest of the token is not decoded.
+    err: Option<String>,
+}
+
+/// Body bytes that arrive between two partial decodes of an open string token.
+const DECODE_STEP: usize = 64 << 10;
+/// Bytes an escape may look at from its `\` (`\uD83D\uDE00`).
+const ESCAPE_LOOKAHEAD: usize = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lex {
@@ -101,8 +116,10 @@ pub struct Streamer {
     arena: Vec<u8>,
     /// Where the token being lexed starts in `arena`.
     cur_start: usize,
-    /// The string being lexed has an escape.
-    cur_escaped: bool,
+    /// The string token being lexed, decoded so far.
+    cur_str: StrDecode,
+    /// The decoded string tokens of the message being assembled, in order.
+    strings: Vec<Result<String, String>>,
     /// The message outgrew the size limit; it fails when the current token ends.
     doomed: bool,
     tokens: Vec<Token>,
@@ -167,7 +184,8 @@ impl Streamer {
             state: Lex::Start,
             arena: Vec::new(),
             cur_start: 0,
-            cur_escaped: false,
+            cur_str: StrDecode::default(),
+            strings: Vec::new(),
             doomed: false,
             tokens: Vec::new(),
             braces: 0,
@@ -197,7 +215,8 @@ impl Streamer {
         self.tokens.clear();
         self.arena.clear();
         self.cur_start = 0;
-        self.cur_escaped = false;
+        self.cur_str = StrDecode::default();
+        self.strings.clear();
         self.doomed = false;
         // Give back memory after a huge message.
         if self.arena.capacity() > 1 << 20 {
@@ -246,7 +265,21 @@ impl Streamer {
                 break;
             }
         }
+        self.decode_progress();
         i
+    }
+
+    /// Decodes what has arrived of an open string token, once enough has (see [`StrDecode`]).
+    fn decode_progress(&mut self) {
+        if !matches!(self.state, Lex::Str(_) | Lex::StrEsc(_)) {
+            return;
+        }
+        let raw = &self.arena[self.cur_start..];
+        let body_len = raw.len() - 1;
+        let st = &mut self.cur_str;
+        if st.err.is_none() && body_len >= st.pos + DECODE_STEP {
+            decode_str(raw, body_len, st, false);
+        }
     }
 
     fn lex_error(&mut self, b: u8, out: &mut dyn FnMut(Parsed)) {
@@ -258,9 +291,17 @@ impl Streamer {
     }
 
     fn finish(&mut self, kind: Kind, out: &mut dyn FnMut(Parsed)) {
+        if kind == Kind::Str {
+            let raw = &self.arena[self.cur_start..];
+            let mut st = std::mem::take(&mut self.cur_str);
+            decode_str(raw, raw.len().saturating_sub(2), &mut st, true);
+            self.strings.push(match st.err {
+                Some(e) => Err(e),
+                None => Ok(st.out),
+            });
+        }
         let tok = Token {
             kind,
-            escaped: std::mem::take(&mut self.cur_escaped),
             start: self.cur_start as u32,
             end: self.arena.len() as u32,
         };
@@ -295,6 +336,7 @@ impl Streamer {
                         b',' => Kind::Comma,
                         b'"' | b'\'' => {
                             self.state = Lex::Str(b);
+                            self.cur_str = StrDecode::default();
                             self.arena.push(b);
                             return;
                         }
@@ -329,10 +371,7 @@ impl Streamer {
                         return self.finish(Kind::Str, out);
                     }
                     match b {
-                        b'\\' => {
-                            self.state = Lex::StrEsc(q);
-                            self.cur_escaped = true;
-                        }
+                        b'\\' => self.state = Lex::StrEsc(q),
                         0x20..=0xFD => {}
                         _ => return self.lex_error(b, out),
                     }
@@ -483,17 +522,19 @@ impl Streamer {
         }
         self.tokens.push(tok);
         if self.braces < 0 || self.brackets < 0 || (self.braces == 0 && self.brackets == 0) {
-            let parsed = parse_tokens(&self.tokens, &self.arena);
+            let strings = std::mem::take(&mut self.strings);
+            let parsed = parse_tokens(&self.tokens, &self.arena, strings);
             self.reset_stream();
             out(parsed);
         }
     }
 }
 
-fn parse_tokens(tokens: &[Token], arena: &[u8]) -> Parsed {
+fn parse_tokens(tokens: &[Token], arena: &[u8], strings: Vec<Result<String, String>>) -> Parsed {
     let mut p = TokenParser {
         toks: tokens,
         arena,
+        strings: strings.into_iter(),
         pos: 0,
     };
     match p.value() {
@@ -511,6 +552,8 @@ fn parse_tokens(tokens: &[Token], arena: &[u8]) -> Parsed {
 struct TokenParser<'a> {
     toks: &'a [Token],
     arena: &'a [u8],
+    /// The decoded string tokens, taken in token order.
+    strings: std::vec::IntoIter<Result<String, String>>,
     pos: usize,
 }
 
@@ -536,14 +579,16 @@ impl<'a> TokenParser<'a> {
         match t.kind {
             Kind::LCurly => self.object(),
             Kind::LSquare => self.array(),
-            Kind::Str => Ok(Value::String(unescape(self.text(t), t.escaped)?)),
+            Kind::Str => Ok(Value::String(
+                self.strings
+                    .next()
+                    .unwrap_or(Err("expecting value".into()))?,
+            )),
             Kind::Int => Ok(parse_int(self.text(t))),
             Kind::Float => {
                 let s = std::str::from_utf8(self.text(t)).map_err(|_| "expecting value")?;
                 let f: f64 = s.parse().map_err(|_| "expecting value")?;
-                Ok(Number::from_f64(f)
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null))
+                Ok(crate::double(f))
             }
             Kind::Keyword => match self.text(t) {
                 b"true" => Ok(Value::Bool(true)),
@@ -614,10 +659,7 @@ fn parse_int(text: &[u8]) -> Value {
     if let Ok(u) = s.parse::<u64>() {
         return Value::from(u);
     }
-    let f: f64 = s.parse().unwrap_or(0.0);
-    Number::from_f64(f)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
+    crate::double(s.parse().unwrap_or(0.0))
 }
 
 const BAD_UTF8: &str = "invalid UTF-8 sequence in string";
@@ -666,27 +708,48 @@ fn push_raw(out: &mut String, mut s: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Decodes a string token (quotes included; `escaped`: it has a `\`) the way QEMU's
-/// `parse_string` does, with its error texts, the first error from the left winning.
-fn unescape(raw: &[u8], escaped: bool) -> Result<String, String> {
-    let end = raw.len().saturating_sub(1).max(1);
-    let body = &raw[1..end];
-    let mut out = String::with_capacity(body.len());
-    if !escaped {
-        push_raw(&mut out, body)?;
-        return Ok(out);
+/// Decodes a string token the way QEMU's `parse_string` does, with its error texts, the first
+/// error from the left winning. `raw` is the token's text from its opening quote; `body_len`
+/// bytes after the quote are its body. `done`: the token is complete (`raw` ends with the
+/// closing quote, which a `\u` at the very end reads as QEMU does); otherwise decoding stops
+/// before an escape whose lookahead has not all arrived and before an unfinished UTF-8
+/// character, and a later call goes on from `st.pos` with the same result as one call at the end.
+fn decode_str(raw: &[u8], body_len: usize, st: &mut StrDecode, done: bool) {
+    if st.err.is_some() {
+        return;
     }
-    let mut i = 0;
+    let body = &raw[1..1 + body_len];
+    if let Err(e) = decode_body(raw, body, st, done) {
+        st.err = Some(e);
+    }
+}
+
+fn decode_body(raw: &[u8], body: &[u8], st: &mut StrDecode, done: bool) -> Result<(), String> {
+    let out = &mut st.out;
+    let mut i = st.pos;
     loop {
         // The run up to the next escape in one go.
         let run = body[i..]
             .iter()
             .position(|&c| c == b'\\')
             .unwrap_or(body.len() - i);
-        push_raw(&mut out, &body[i..i + run])?;
-        i += run;
-        if i == body.len() {
-            return Ok(out);
+        let mut take = run;
+        if !done && i + run == body.len() {
+            // More may follow: stop before a character that may be unfinished.
+            take = body[i..i + run]
+                .iter()
+                .rposition(|&c| c & 0xC0 != 0x80)
+                .unwrap_or(0);
+        }
+        push_raw(out, &body[i..i + take])?;
+        i += take;
+        if take < run || i == body.len() {
+            st.pos = i;
+            return Ok(());
+        }
+        if !done && i + ESCAPE_LOOKAHEAD > body.len() {
+            st.pos = i;
+            return Ok(());
         }
         let esc = i;
         let e = *body.get(i + 1).ok_or("invalid escape sequence in string")?;
@@ -735,6 +798,8 @@ fn unescape(raw: &[u8], escaped: bool) -> Result<String, String> {
             _ => return Err("invalid escape sequence in string".into()),
         };
         out.push(ch);
+        // Past the end of the body only when `done` (a `\u` that read the closing quote).
+        i = i.min(body.len());
     }
 }
 
@@ -1024,6 +1089,106 @@ mod tests {
         let r = all(&mut p, &big);
         assert!(r.contains(&Parsed::Error(ParseError::TooLarge)), "{r:?}");
         assert!(p.pending_len() <= 64);
+    }
+
+    /// Long strings are decoded while they arrive: whatever the chunking, the messages (and
+    /// errors) are those of one feed of the whole input, decoded in one go at the end.
+    #[test]
+    fn strings_decoded_as_they_arrive_match_one_decode_at_the_end() {
+        const PIECES: &[&[u8]] = &[
+            b"plain ascii text ",
+            "\u{e9}\u{20ac}\u{1F600}".as_bytes(),
+            br"\n\t\\\/\'",
+            br"\u00e9\u20AC",
+            br"\uD83D\uDE00",
+            b"\xC0\x80",
+        ];
+        const BAD: &[&[u8]] = &[
+            br"\uD83D",            // a lone leading surrogate
+            br"\uDE00",            // a lone trailing one
+            br"\uFFFF",            // a noncharacter
+            br"\x",                // an unknown escape
+            b"\x80",               // a stray continuation byte
+            "\u{FDD0}".as_bytes(), // a raw noncharacter
+            br"\u12",              // short: reads the closing quote when at the end
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for case in 0..24 {
+            let mut body = Vec::new();
+            let mut bounds = vec![0];
+            while body.len() < 300 << 10 {
+                body.extend_from_slice(PIECES[next(PIECES.len())]);
+                bounds.push(body.len());
+            }
+            if case % 2 == 1 {
+                // One error between two pieces: at the very end in some cases.
+                let at = if case % 4 == 1 {
+                    body.len()
+                } else {
+                    bounds[next(bounds.len())]
+                };
+                let bad = BAD[next(BAD.len())];
+                body.splice(at..at, bad.iter().copied());
+            }
+            let mut input = b"{\"a\": \"".to_vec();
+            input.extend_from_slice(&body);
+            input.extend_from_slice(b"\", \"b\": \"tail\"}");
+            let whole = run(&input);
+            assert_eq!(whole.len(), 1);
+            let mut p = Streamer::new();
+            let mut parts = Vec::new();
+            let mut i = 0;
+            while i < input.len() {
+                let small = next(4) == 0;
+                let n = (1 + next(if small { 16 } else { 90 << 10 })).min(input.len() - i);
+                parts.extend(all(&mut p, &input[i..i + n]));
+                i += n;
+            }
+            assert_eq!(parts, whole, "case {case}");
+        }
+    }
+
+    /// The feed that completes a huge escape-heavy message costs about what the other feeds
+    /// of it cost, not the whole message's decoding (which would stall the caller's event loop).
+    #[test]
+    fn completing_a_huge_string_costs_one_chunk_not_the_whole_message() {
+        let mut input = b"{\"execute\": \"x\", \"arguments\": {\"s\": \"".to_vec();
+        for _ in 0..(16 << 20) / 8 {
+            input.extend_from_slice(br"\n\u00e9");
+        }
+        input.extend_from_slice(b"\"}}");
+        let chunk = 64 << 10;
+        let mut p = Streamer::new();
+        let mut times = Vec::new();
+        let mut got = Vec::new();
+        for part in input.chunks(chunk) {
+            let t = std::time::Instant::now();
+            p.feed(part, |m| {
+                got.push(m);
+                true
+            });
+            times.push(t.elapsed());
+        }
+        let last = times.pop().unwrap();
+        times.sort();
+        let median = times[times.len() / 2];
+        match &got[..] {
+            [Parsed::Value(v)] => assert_eq!(
+                v["arguments"]["s"].as_str().unwrap().len(),
+                (16 << 20) / 8 * 3
+            ),
+            other => panic!("{:?}", other.first()),
+        }
+        assert!(
+            last < median * 16 + std::time::Duration::from_millis(5),
+            "the last feed took {last:?}, a median one {median:?}"
+        );
     }
 
     #[test]

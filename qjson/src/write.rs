@@ -9,8 +9,14 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Value::String(s) => write_str(out, s),
+        Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+            Some(f) => write_double(out, f),
+            None => out.extend_from_slice(n.to_string().as_bytes()),
+        },
+        Value::String(s) => match crate::non_finite_of(s) {
+            Some(f) => write_double(out, f),
+            None => write_str(out, s),
+        },
         Value::Array(a) => {
             out.push(b'[');
             for (i, x) in a.iter().enumerate() {
@@ -33,6 +39,67 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value) {
             }
             out.push(b'}');
         }
+    }
+}
+
+/// Writes a double as QEMU does (`"%.17g"`): 17 significant digits, trailing zeros dropped,
+/// exponent form below 1e-4 and from 1e17 on, `inf`/`-inf`/`nan` for the non-finite.
+fn write_double(out: &mut Vec<u8>, f: f64) {
+    if f.is_nan() {
+        out.extend_from_slice(if f.is_sign_negative() {
+            b"-nan"
+        } else {
+            b"nan"
+        });
+        return;
+    }
+    if f.is_infinite() {
+        out.extend_from_slice(if f < 0.0 { b"-inf" } else { b"inf" });
+        return;
+    }
+    if f.is_sign_negative() {
+        out.push(b'-');
+    }
+    if f == 0.0 {
+        out.push(b'0');
+        return;
+    }
+    // The 17 significant digits, correctly rounded, and the decimal exponent of the first.
+    let e = format!("{:.16e}", f.abs());
+    let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: Vec<u8> = mant.bytes().filter(u8::is_ascii_digit).collect();
+    let trim = |d: &[u8]| -> usize { d.iter().rposition(|&c| c != b'0').map_or(0, |p| p + 1) };
+    if !(-4..17).contains(&exp) {
+        out.push(digits[0]);
+        let frac = &digits[1..];
+        let n = trim(frac);
+        if n > 0 {
+            out.push(b'.');
+            out.extend_from_slice(&frac[..n]);
+        }
+        out.push(b'e');
+        out.push(if exp < 0 { b'-' } else { b'+' });
+        let a = exp.unsigned_abs();
+        if a < 10 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(a.to_string().as_bytes());
+    } else if exp >= 0 {
+        let int = exp as usize + 1;
+        out.extend_from_slice(&digits[..int]);
+        let frac = &digits[int..];
+        let n = trim(frac);
+        if n > 0 {
+            out.push(b'.');
+            out.extend_from_slice(&frac[..n]);
+        }
+    } else {
+        out.extend_from_slice(b"0.");
+        for _ in 0..(-exp - 1) {
+            out.push(b'0');
+        }
+        out.extend_from_slice(&digits[..trim(&digits)]);
     }
 }
 
@@ -128,6 +195,44 @@ mod tests {
         let mut o = Vec::new();
         write_str(&mut o, "abcdefgh\u{e9}abcdefgh\u{7f}");
         assert_eq!(o, br#""abcdefgh\u00E9abcdefgh\u007F""#);
+    }
+
+    #[test]
+    fn doubles_are_written_as_qemu_does() {
+        // What QEMU 7.2 and 10.0 echo for these ids (`"%.17g"`).
+        let cases: &[(&str, &str)] = &[
+            ("1e400", "inf"),
+            ("-1e400", "-inf"),
+            ("0.1", "0.10000000000000001"),
+            ("18446744073709551616", "1.8446744073709552e+19"),
+            ("1.5e300", "1.5000000000000001e+300"),
+            ("1e-7", "9.9999999999999995e-08"),
+            ("123456789012345678", "123456789012345678"),
+            ("-0.0", "-0"),
+            ("100000000000000000000.0", "1e+20"),
+            ("1.5", "1.5"),
+            ("100.0", "100"),
+            ("0.0001", "0.0001"),
+            ("12345678901234567.0", "12345678901234568"),
+            ("123456789012345678.0", "1.2345678901234568e+17"),
+            ("-2.5e-5", "-2.5000000000000001e-05"),
+        ];
+        for (input, want) in cases {
+            let mut p = crate::Streamer::new();
+            let mut got = Vec::new();
+            p.feed(format!("[{input}]").as_bytes(), |m| {
+                match m {
+                    crate::Parsed::Value(v) => write_value(&mut got, &v),
+                    crate::Parsed::Error(e) => panic!("{input}: {e}"),
+                }
+                true
+            });
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                format!("[{want}]"),
+                "{input}"
+            );
+        }
     }
 
     #[test]
