@@ -12,6 +12,7 @@ pub mod opts;
 pub mod qmp_proxy;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use evloop::{AcceptGate, OutBuf, Timer};
 use qmp::server::{Listener, Stream};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -22,12 +23,13 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::timerfd::TimerFd;
 
 pub use opts::{Backend, ChardevSpec, OptsError, SocketAddr, SocketSpec};
 
-/// Most bytes a chardev buffers toward a slow peer; beyond that writes are refused.
-pub const MAX_BUFFERED: usize = 96 << 20;
+/// Most bytes a chardev buffers toward a slow peer by default; beyond that [`Chardev::write`]
+/// takes fewer bytes than offered, and the frontend keeps the rest (a virtio-serial port then
+/// stops taking the guest's output: the guest's `write()` blocks until the host reads).
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
 
 /// A change of the backend's connection state, as the frontend sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub trait Frontend {
     }
     /// The backend connected or disconnected.
     fn event(&mut self, ev: ChardevEvent);
+    /// [`Chardev::write`] took fewer bytes than offered earlier, and the peer has since read
+    /// enough that at least half the output limit is free again.
+    fn write_ready(&mut self) {}
 }
 
 /// Errors creating a chardev.
@@ -75,7 +80,7 @@ enum Kind {
         master: File,
         path: PathBuf,
         open: bool,
-        poll: TimerFd,
+        poll: Timer,
     },
     Ringbuf {
         ring: VecDeque<u8>,
@@ -88,7 +93,9 @@ struct SocketState {
     spec: SocketSpec,
     listener: Option<Listener>,
     conn: Option<Stream>,
-    retry: TimerFd,
+    retry: Timer,
+    /// Accept back-off of a listening socket at the descriptor limit.
+    gate: Option<AcceptGate>,
     /// A client connect in progress, while `conn` is `None`.
     connecting: Option<Connecting>,
 }
@@ -138,7 +145,7 @@ impl SocketState {
 
     fn retry_later(&mut self) {
         if let Some(d) = self.spec.reconnect {
-            let _ = self.retry.reset(d, None);
+            let _ = self.retry.arm(d);
         }
     }
 }
@@ -149,13 +156,16 @@ struct Inner {
     filename_prefix: String,
     kind: Kind,
     frontend: Option<Rc<RefCell<dyn Frontend>>>,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// Bytes toward the peer that it has not taken yet (sockets only).
+    out: OutBuf,
+    /// Most bytes `out` may hold.
+    out_limit: usize,
+    /// A write was cut short by `out_limit`: tell the frontend when there is room again.
+    out_refused: bool,
     kick: EventFd,
     /// Interest sets registered with epoll, per fd.
     registered: Vec<(RawFd, EventSet)>,
     input_paused: bool,
-    created_path: Option<PathBuf>,
     /// Descriptors that ended (connections, finished connects), dropped once they are no longer
     /// registered with epoll: closed earlier, their number could be reused by another
     /// subscriber's new fd before the stale registration is removed.
@@ -172,6 +182,7 @@ pub struct Chardev {
 enum Notify {
     Data(Vec<u8>),
     Event(ChardevEvent),
+    WriteReady,
 }
 
 fn io_err(id: &str, what: impl Into<String>, source: io::Error) -> ChardevError {
@@ -187,7 +198,6 @@ impl Chardev {
     /// [`qmp_proxy::attach`] instead, which uses this for its socket.
     pub fn new(spec: &ChardevSpec) -> Result<Chardev, ChardevError> {
         let id = spec.id.clone();
-        let mut created_path = None;
         let kind = match &spec.backend {
             Backend::Null => Kind::Null,
             Backend::File { path, append } => {
@@ -214,7 +224,7 @@ impl Chardev {
                     master,
                     path,
                     open: false,
-                    poll: TimerFd::new().map_err(|e| io_err(&id, "timerfd", e.into()))?,
+                    poll: Timer::new().map_err(|e| io_err(&id, "timerfd", e))?,
                 }
             }
             Backend::Ringbuf { size } => Kind::Ringbuf {
@@ -226,16 +236,18 @@ impl Chardev {
                     spec: s.clone(),
                     listener: None,
                     conn: None,
-                    retry: TimerFd::new().map_err(|e| io_err(&id, "timerfd", e.into()))?,
+                    retry: Timer::new().map_err(|e| io_err(&id, "timerfd", e))?,
+                    gate: None,
                     connecting: None,
                 };
                 if s.server {
                     let l = Listener::bind(&s.addr)
                         .map_err(|e| io_err(&id, format!("cannot listen on {}", s.addr), e))?;
-                    if let SocketAddr::Unix(p) = &s.addr {
-                        created_path = Some(p.clone());
-                    }
                     st.listener = Some(l);
+                    st.gate = Some(
+                        AcceptGate::new(format!("chardev '{id}'"))
+                            .map_err(|e| io_err(&id, "timerfd", e))?,
+                    );
                 } else if s.reconnect.is_some() {
                     // Connected (or retried) in the background, as QEMU does with `reconnect`.
                     st.start_connect(&id);
@@ -264,12 +276,12 @@ impl Chardev {
                 filename_prefix: String::new(),
                 kind,
                 frontend: None,
-                out: Vec::new(),
-                out_pos: 0,
+                out: OutBuf::new(),
+                out_limit: DEFAULT_OUTPUT_LIMIT,
+                out_refused: false,
                 kick: EventFd::new(EFD_NONBLOCK).map_err(|e| io_err(&spec.id, "eventfd", e))?,
                 registered: Vec::new(),
                 input_paused: false,
-                created_path,
                 closed: Vec::new(),
             })),
         })
@@ -358,6 +370,16 @@ impl Chardev {
         }
     }
 
+    /// Sets how many bytes may wait for a slow peer (default [`DEFAULT_OUTPUT_LIMIT`]).
+    pub fn set_output_limit(&self, limit: usize) {
+        self.inner.borrow_mut().out_limit = limit;
+    }
+
+    /// Bytes waiting for the peer now.
+    pub fn output_pending(&self) -> usize {
+        self.inner.borrow().out.len()
+    }
+
     pub(crate) fn set_filename_prefix(&self, p: &str) {
         self.inner.borrow_mut().filename_prefix = p.to_string();
     }
@@ -399,7 +421,7 @@ impl Chardev {
                 let Some(conn) = s.conn.as_mut() else {
                     return Err(io::Error::new(io::ErrorKind::NotConnected, "not connected"));
                 };
-                let pending = i.out.len() - i.out_pos;
+                let pending = i.out.len();
                 let mut taken = 0;
                 if pending == 0 {
                     // Fast path: straight to the socket.
@@ -419,10 +441,13 @@ impl Chardev {
                     }
                 }
                 let rest = &data[taken..];
-                let room = MAX_BUFFERED.saturating_sub(pending);
+                let room = i.out_limit.saturating_sub(pending);
                 let n = rest.len().min(room);
+                if n < rest.len() {
+                    i.out_refused = true;
+                }
                 if n > 0 {
-                    i.out.extend_from_slice(&rest[..n]);
+                    i.out.push(&rest[..n]);
                     let _ = i.kick.write(1);
                 }
                 Ok(taken + n)
@@ -452,10 +477,14 @@ impl Chardev {
         matches!(self.inner.borrow().kind, Kind::Ringbuf { .. })
     }
 
-    /// Removes the unix socket file this chardev created, if any.
+    /// Removes the unix socket file this chardev created, if any (unless another process's
+    /// socket is there now).
     pub fn cleanup(&self) {
-        if let Some(p) = self.inner.borrow_mut().created_path.take() {
-            let _ = std::fs::remove_file(p);
+        if let Kind::Socket(SocketState {
+            listener: Some(l), ..
+        }) = &self.inner.borrow().kind
+        {
+            l.remove_socket_file();
         }
     }
 
@@ -477,6 +506,7 @@ impl Chardev {
                 match n {
                     Notify::Data(d) => fe.borrow_mut().receive(&d),
                     Notify::Event(e) => fe.borrow_mut().event(e),
+                    Notify::WriteReady => fe.borrow_mut().write_ready(),
                 }
             }
         }
@@ -495,7 +525,7 @@ impl Chardev {
         let mut i = self.inner.borrow_mut();
         let i = &mut *i;
         let mut want: Vec<(RawFd, EventSet)> = vec![(i.kick.as_raw_fd(), EventSet::IN)];
-        let out_pending = i.out.len() > i.out_pos;
+        let out_pending = !i.out.is_empty();
         match &i.kind {
             Kind::Stdio { input: true } if !i.input_paused => {
                 want.push((libc::STDIN_FILENO, EventSet::IN));
@@ -510,6 +540,9 @@ impl Chardev {
             }
             Kind::Socket(s) => {
                 want.push((s.retry.as_raw_fd(), EventSet::IN));
+                if let Some(g) = &s.gate {
+                    want.push((g.timer_fd(), EventSet::IN));
+                }
                 if let Some(c) = &s.connecting {
                     want.push((c.done.as_raw_fd(), EventSet::IN));
                 }
@@ -525,7 +558,8 @@ impl Chardev {
                         want.push((c.as_raw_fd(), set));
                     }
                     None => {
-                        if let Some(l) = &s.listener {
+                        let paused = s.gate.as_ref().is_some_and(|g| g.paused());
+                        if let Some(l) = s.listener.as_ref().filter(|_| !paused) {
                             want.push((l.fd(), EventSet::IN));
                         }
                     }
@@ -583,8 +617,7 @@ impl Chardev {
                 master, open, poll, ..
             } => {
                 if fd == poll.as_raw_fd() {
-                    let _ = poll.wait();
-                    if !*open {
+                    if poll.fired() && !*open {
                         *open = true;
                         notes.push(Notify::Event(ChardevEvent::Opened));
                     }
@@ -595,7 +628,7 @@ impl Chardev {
                         _ => {
                             // No slave open (EIO): look again in a second, as QEMU does.
                             *open = false;
-                            let _ = poll.reset(Duration::from_secs(1), None);
+                            let _ = poll.arm(Duration::from_secs(1));
                             notes.push(Notify::Event(ChardevEvent::Closed));
                         }
                     }
@@ -603,8 +636,12 @@ impl Chardev {
             }
             Kind::Socket(s) => {
                 if fd == s.retry.as_raw_fd() {
-                    let _ = s.retry.wait();
-                    s.start_connect(&i.id);
+                    if s.retry.fired() {
+                        s.start_connect(&i.id);
+                    }
+                } else if let Some(g) = s.gate.as_mut().filter(|g| g.timer_fd() == fd) {
+                    // The pause is over: update_interest watches the listener again.
+                    g.on_timer();
                 } else if s
                     .connecting
                     .as_ref()
@@ -635,37 +672,36 @@ impl Chardev {
                     }
                 } else if s.listener.as_ref().is_some_and(|l| l.fd() == fd) {
                     if s.conn.is_none() {
-                        if let Some(Ok(c)) = s.listener.as_ref().map(|l| l.accept()) {
-                            if c.set_nonblocking(true).is_ok() {
-                                s.conn = Some(c);
-                                notes.push(Notify::Event(ChardevEvent::Opened));
+                        match s.listener.as_ref().map(|l| l.accept()) {
+                            Some(Ok(c)) => {
+                                if let Some(g) = s.gate.as_mut() {
+                                    g.accepted();
+                                }
+                                if c.set_nonblocking(true).is_ok() {
+                                    s.conn = Some(c);
+                                    notes.push(Notify::Event(ChardevEvent::Opened));
+                                }
                             }
+                            Some(Err(e))
+                                if !matches!(
+                                    e.kind(),
+                                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                                ) =>
+                            {
+                                if let Some(g) = s.gate.as_mut() {
+                                    g.failed(&e);
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 } else if let Some(conn) = s.conn.as_mut().filter(|c| c.as_raw_fd() == fd) {
                     let mut closed = set.contains(EventSet::ERROR);
                     if set.contains(EventSet::OUT) && !closed {
-                        while i.out_pos < i.out.len() {
-                            match conn.write(&i.out[i.out_pos..]) {
-                                Ok(0) => {
-                                    closed = true;
-                                    break;
-                                }
-                                Ok(n) => i.out_pos += n,
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                Err(_) => {
-                                    closed = true;
-                                    break;
-                                }
-                            }
-                        }
-                        if i.out_pos == i.out.len() {
-                            i.out.clear();
-                            i.out_pos = 0;
-                            if i.out.capacity() > (1 << 20) {
-                                i.out = Vec::new();
-                            }
+                        closed = i.out.write_to(conn).is_err();
+                        if !closed && i.out_refused && i.out.len() <= i.out_limit / 2 {
+                            i.out_refused = false;
+                            notes.push(Notify::WriteReady);
                         }
                     }
                     if !closed
@@ -686,7 +722,7 @@ impl Chardev {
                             i.closed.push(Box::new(c));
                         }
                         i.out.clear();
-                        i.out_pos = 0;
+                        i.out_refused = false;
                         s.retry_later();
                         notes.push(Notify::Event(ChardevEvent::Closed));
                     }
@@ -705,7 +741,7 @@ impl MutEventSubscriber for ChardevSubscriber {
         {
             let mut i = self.0.inner.borrow_mut();
             if let Kind::Pty { poll, .. } = &mut i.kind {
-                let _ = poll.reset(Duration::from_millis(1), None);
+                let _ = poll.arm(Duration::from_millis(1));
             }
         }
         self.0.update_interest(ops);

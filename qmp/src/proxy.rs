@@ -7,13 +7,13 @@
 //! bytes. Commands that send no reply on success (`guest-shutdown`, `guest-suspend-*`) are followed
 //! by a sync, so their errors are still reported and success is known without guessing.
 
+use evloop::Timer;
 use qjson::{Parsed, Streamer};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-use vmm_sys_util::timerfd::TimerFd;
 
 use crate::hub::{MonitorHandle, SessionId};
 use crate::protocol::{self, QmpError};
@@ -94,7 +94,7 @@ pub struct QmpProxy {
     parser: Streamer,
     next_wire_id: u64,
     guest_commands: Vec<(String, bool)>,
-    timer: TimerFd,
+    timer: Timer,
     /// Parse errors in the agent's output since the channel opened (for rate-limited logging).
     bad_data: u64,
 }
@@ -116,7 +116,7 @@ impl QmpProxy {
             parser: Streamer::with_limits(MAX_REPLY, qjson::MAX_NESTING),
             next_wire_id: 1,
             guest_commands: Vec::new(),
-            timer: TimerFd::new()?,
+            timer: Timer::new()?,
             bad_data: 0,
         })
     }
@@ -133,7 +133,7 @@ impl QmpProxy {
 
     /// The timer fd the event loop must watch; call [`QmpProxy::on_timer`] when it fires.
     pub fn timer_fd(&self) -> RawFd {
-        self.timer.as_raw_fd()
+        self.timer.fd()
     }
 
     /// The guest commands the agent reported in `guest-info` (name, enabled).
@@ -277,9 +277,11 @@ impl QmpProxy {
         self.pump();
     }
 
-    /// The timer fired: expire requests and retry syncs.
+    /// The timer fd was readable: expire requests and retry syncs. Never blocks: the timer may
+    /// have been re-armed for a later deadline since the wakeup (a reply handled in the same
+    /// epoll batch); then nothing is due and nothing happens but the re-arm below.
     pub fn on_timer(&mut self) {
-        let _ = self.timer.wait();
+        self.timer.fired();
         let now = Instant::now();
         // Requests that waited too long in the queue never reached the agent.
         let mut i = 0;
@@ -410,9 +412,9 @@ impl QmpProxy {
                 let d = t
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_micros(1));
-                self.timer.reset(d, None)
+                self.timer.arm(d)
             }
-            None => self.timer.clear(),
+            None => self.timer.disarm(),
         };
         if let Err(e) = res {
             log::error!("qmp_proxy {}: timer: {e}", self.id);
@@ -571,9 +573,12 @@ mod tests {
 
     impl Rig {
         fn new() -> Rig {
+            Rig::with_timeout(Duration::from_secs(30))
+        }
+
+        fn with_timeout(timeout: Duration) -> Rig {
             let monitor = MonitorHandle::new().unwrap();
-            let mut proxy =
-                QmpProxy::new("qga0", Duration::from_secs(30), monitor.clone()).unwrap();
+            let mut proxy = QmpProxy::new("qga0", timeout, monitor.clone()).unwrap();
             let sent = Rc::new(RefCell::new(Vec::new()));
             proxy.set_channel(Box::new(Recorder(sent.clone())));
             Rig {
@@ -664,6 +669,37 @@ mod tests {
         assert_eq!(
             r.outgoing(),
             vec![json!({"to":7,"msg":{"return":{},"id":{"mine":1}}})]
+        );
+    }
+
+    /// The timer became readable, then a reply handled first in the same epoll batch re-armed
+    /// it for the next request: `on_timer` must not wait for that new deadline (the whole event
+    /// loop would stand still until then).
+    #[test]
+    fn a_timer_rearmed_in_the_same_batch_does_not_stall_the_loop() {
+        let timeout = Duration::from_millis(600);
+        let mut r = Rig::with_timeout(timeout);
+        r.up();
+        r.proxy
+            .submit(SessionId(1), "guest-ping", Map::new(), Some(json!(1)))
+            .unwrap();
+        let wid = r.take_sent()[0]["id"].clone();
+        // The request's deadline passes: the timer fd is readable now.
+        std::thread::sleep(timeout + Duration::from_millis(50));
+        // Handled first: the reply, then a second request, which re-arms the timer.
+        r.proxy
+            .on_bytes(format!(r#"{{"return":{{}},"id":{wid}}}"#).as_bytes());
+        r.proxy
+            .submit(SessionId(2), "guest-ping", Map::new(), Some(json!(2)))
+            .unwrap();
+        let start = Instant::now();
+        r.proxy.on_timer();
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(100), "on_timer took {took:?}");
+        // Neither request was failed: the first was answered, the second is within its time.
+        assert_eq!(
+            r.outgoing(),
+            vec![json!({"to":1,"msg":{"return":{},"id":1}})]
         );
     }
 

@@ -13,19 +13,28 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use evloop::unix_socket::BoundPath;
+use evloop::{AcceptGate, OutBuf};
 
 use crate::hmp;
 use crate::hub::{MonitorHandle, Outgoing, SessionId};
 use crate::protocol::{self, check_args, Param, ParamKind, QmpError, Request};
 use crate::proxy::QmpProxy;
 
-/// Most bytes queued for one client before it is considered dead and dropped.
-pub const MAX_OUTPUT: usize = 256 << 20;
+/// Unsent output above which a session's requests are no longer read: a client that pipelines
+/// requests gets their replies at the rate it reads them, and the monitor holds no more than one
+/// read's worth of replies for it (QEMU's monitor likewise stops reading a busy client).
+pub const INPUT_PAUSE: usize = 64 << 10;
+/// Most unsent output (replies and events) the monitor holds for all sessions together. Above
+/// it, the sessions holding the most are disconnected, with a log line, until it is back under:
+/// a client that never reads its events cannot grow the VMM. It leaves room for the largest
+/// reply ([`crate::proxy::MAX_REPLY`]).
+pub const MAX_TOTAL_OUTPUT: usize = 128 << 20;
 /// Most parsed requests held for a busy session before its socket stops being read.
 const MAX_INBOX: usize = 64;
 
@@ -84,23 +93,24 @@ impl std::fmt::Display for SocketAddr {
 
 /// A listening unix or tcp socket (non-blocking).
 pub enum Listener {
-    Unix(UnixListener),
+    /// With the socket file it made (removed with [`Listener::remove_socket_file`]).
+    Unix(UnixListener, BoundPath),
     Tcp(TcpListener),
 }
 
 impl Listener {
-    /// Listens on `addr`. A stale unix socket file at the path is replaced; any other file
-    /// there is an error.
+    /// Listens on `addr`. A unix socket file nobody listens on is replaced; a socket another
+    /// process listens on, or any other kind of file there, is an error saying so.
     pub fn bind(addr: &SocketAddr) -> io::Result<Listener> {
         let l = match addr {
             SocketAddr::Unix(p) => {
-                remove_stale_socket(p)?;
-                Listener::Unix(UnixListener::bind(p)?)
+                let (l, bound) = evloop::unix_socket::bind(p)?;
+                Listener::Unix(l, bound)
             }
             SocketAddr::Tcp(a) => Listener::Tcp(TcpListener::bind(a)?),
         };
         match &l {
-            Listener::Unix(u) => u.set_nonblocking(true)?,
+            Listener::Unix(u, _) => u.set_nonblocking(true)?,
             Listener::Tcp(t) => t.set_nonblocking(true)?,
         }
         Ok(l)
@@ -108,15 +118,23 @@ impl Listener {
 
     pub fn fd(&self) -> RawFd {
         match self {
-            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
             Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+
+    /// Removes the unix socket file this listener made, unless another process has put its
+    /// own there since.
+    pub fn remove_socket_file(&self) {
+        if let Listener::Unix(_, b) = self {
+            b.remove();
         }
     }
 
     /// Accepts one connection (`WouldBlock` when none is pending).
     pub fn accept(&self) -> io::Result<Stream> {
         match self {
-            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
             Listener::Tcp(l) => l.accept().map(|(s, _)| {
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
@@ -195,8 +213,7 @@ struct Session {
     stream: Stream,
     parser: Streamer,
     inbox: VecDeque<Parsed>,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: OutBuf,
     negotiated: bool,
     /// A guest command of this session is with the proxy.
     busy: bool,
@@ -208,38 +225,28 @@ struct Session {
 
 impl Session {
     fn queue(&mut self, v: &Value) {
-        protocol::encode_line(v, b"\r\n", &mut self.out);
+        self.out
+            .append_with(|buf| protocol::encode_line(v, b"\r\n", buf));
     }
 
     fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len()
     }
 
     /// Writes as much as the socket takes. Returns false when the peer is gone.
     fn flush(&mut self) -> bool {
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => return false,
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-            if self.out.capacity() > 1 << 20 {
-                self.out = Vec::new();
-            }
-        }
-        true
+        self.out.write_to(&mut self.stream).is_ok()
+    }
+
+    /// Whether the session's requests may be read now.
+    fn reads(&self) -> bool {
+        let stalled = self.busy && !self.inbox.is_empty() || self.inbox.len() >= MAX_INBOX;
+        !self.closing && !stalled && self.pending_out() <= INPUT_PAUSE
     }
 
     fn wanted(&self) -> EventSet {
         let mut s = EventSet::empty();
-        let stalled = self.busy && !self.inbox.is_empty() || self.inbox.len() >= MAX_INBOX;
-        if !self.closing && !stalled {
+        if self.reads() {
             s |= EventSet::IN;
         }
         if self.pending_out() > 0 {
@@ -254,12 +261,17 @@ pub struct Monitor {
     handle: MonitorHandle,
     machine: Box<dyn Machine>,
     proxy: Option<Rc<RefCell<QmpProxy>>>,
-    listeners: Vec<(Listener, SocketAddr)>,
+    listeners: Vec<ListenerState>,
     sessions: HashMap<RawFd, Session>,
     /// Sessions connected before the event loop took over (client mode, `wait=on`).
     early: Vec<Stream>,
     next_session: u64,
-    created_paths: Vec<PathBuf>,
+}
+
+struct ListenerState {
+    listener: Listener,
+    addr: SocketAddr,
+    gate: AcceptGate,
 }
 
 impl Monitor {
@@ -272,7 +284,6 @@ impl Monitor {
             sessions: HashMap::new(),
             early: Vec::new(),
             next_session: 1,
-            created_paths: Vec::new(),
         }
     }
 
@@ -281,20 +292,22 @@ impl Monitor {
         self.proxy = Some(proxy);
     }
 
-    /// Listens on `addr`. A stale unix socket file at the path is replaced; any other file is an error.
+    /// Listens on `addr` (see [`Listener::bind`]).
     pub fn listen(&mut self, addr: &SocketAddr) -> io::Result<()> {
-        let l = Listener::bind(addr)?;
-        if let SocketAddr::Unix(p) = addr {
-            self.created_paths.push(p.clone());
-        }
-        self.listeners.push((l, addr.clone()));
+        let listener = Listener::bind(addr)?;
+        let gate = AcceptGate::new(format!("monitor {addr}"))?;
+        self.listeners.push(ListenerState {
+            listener,
+            addr: addr.clone(),
+            gate,
+        });
         Ok(())
     }
 
     /// Blocks until one client connects to the last listener added (QEMU's `wait=on`).
     /// Returns false, connecting nobody, when `abort` (e.g. a signalfd) becomes readable first.
     pub fn wait_for_client(&mut self, abort: RawFd) -> io::Result<bool> {
-        let Some((l, _)) = self.listeners.last() else {
+        let Some(l) = self.listeners.last().map(|l| &l.listener) else {
             return Ok(true);
         };
         loop {
@@ -330,15 +343,15 @@ impl Monitor {
             }
             if s.pending_out() > 0 && s.stream.set_nonblocking(false).is_ok() {
                 let _ = s.stream.set_write_timeout(Some(left));
-                let _ = s.stream.write_all(&s.out[s.out_pos..]);
+                let _ = s.stream.write_all(s.out.as_slice());
             }
         }
     }
 
-    /// Removes the unix socket files this monitor created.
+    /// Removes the unix socket files this monitor created (unless another process's are there now).
     pub fn cleanup(&mut self) {
-        for p in self.created_paths.drain(..) {
-            let _ = std::fs::remove_file(p);
+        for l in &self.listeners {
+            l.listener.remove_socket_file();
         }
     }
 
@@ -354,8 +367,7 @@ impl Monitor {
             stream,
             parser: Streamer::new(),
             inbox: VecDeque::new(),
-            out: Vec::new(),
-            out_pos: 0,
+            out: OutBuf::new(),
             negotiated: false,
             busy: false,
             closing: false,
@@ -405,7 +417,7 @@ impl Monitor {
         let mut buf = [0u8; 65536];
         // A bounded number of reads per wakeup keeps one busy client from starving the others.
         for _ in 0..16 {
-            if s.closing || s.inbox.len() >= MAX_INBOX || (s.busy && !s.inbox.is_empty()) {
+            if !s.reads() {
                 break;
             }
             match s.stream.read(&mut buf) {
@@ -433,12 +445,14 @@ impl Monitor {
         true
     }
 
+    /// Runs the session's parsed requests until one waits for the agent, its output is behind,
+    /// or none is left.
     fn run_inbox(&mut self, fd: RawFd) {
         loop {
             let Some(s) = self.sessions.get_mut(&fd) else {
                 return;
             };
-            if s.busy {
+            if s.busy || s.pending_out() > INPUT_PAUSE {
                 return;
             }
             let Some(p) = s.inbox.pop_front() else {
@@ -454,10 +468,19 @@ impl Monitor {
 
     /// Flushes output, closes when dead or done, and re-registers the interest set.
     fn settle(&mut self, fd: RawFd, mut alive: bool, ops: &mut EventOps) {
-        if let Some(s) = self.sessions.get_mut(&fd) {
-            if alive {
-                alive = s.flush() && s.pending_out() <= MAX_OUTPUT;
+        // Flush, and run what waited for the output to drain, while the peer keeps taking it.
+        while alive {
+            let Some(s) = self.sessions.get_mut(&fd) else {
+                return;
+            };
+            alive = s.flush();
+            let runnable = !s.busy && !s.inbox.is_empty() && s.pending_out() <= INPUT_PAUSE;
+            if !alive || !runnable {
+                break;
             }
+            self.run_inbox(fd);
+        }
+        if let Some(s) = self.sessions.get_mut(&fd) {
             if alive && s.closing && s.pending_out() == 0 {
                 alive = false;
             }
@@ -613,6 +636,28 @@ impl Monitor {
         Value::Array(names.into_iter().map(|n| json!({"name": n})).collect())
     }
 
+    /// Accepts what listener `i` has pending (bounded), each connection a new session. At the
+    /// descriptor limit the listener is set aside for a while (see [`AcceptGate`]).
+    fn accept(&mut self, i: usize, ops: &mut EventOps) {
+        for _ in 0..64 {
+            let l = &mut self.listeners[i];
+            match l.listener.accept() {
+                Ok(s) => {
+                    l.gate.accepted();
+                    self.add_session(s, ops);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if l.gate.failed(&e) {
+                        let _ = ops.remove(Events::new_raw(l.listener.fd(), EventSet::IN));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Moves queued replies and events into session output buffers. With `ops`, also flushes
     /// and re-registers the sessions touched.
     fn deliver_outgoing(&mut self, ops: Option<&mut EventOps>) {
@@ -643,10 +688,32 @@ impl Monitor {
         touched.sort_unstable();
         touched.dedup();
         if let Some(ops) = ops {
-            for fd in touched {
+            for &fd in &touched {
                 self.run_inbox(fd);
                 self.settle(fd, true, ops);
             }
+            self.enforce_output_budget(ops);
+        }
+    }
+
+    /// Disconnects the sessions holding the most unsent output until all of them together hold
+    /// at most [`MAX_TOTAL_OUTPUT`].
+    fn enforce_output_budget(&mut self, ops: &mut EventOps) {
+        let mut total: usize = self.sessions.values().map(Session::pending_out).sum();
+        while total > MAX_TOTAL_OUTPUT {
+            let Some((&fd, s)) = self.sessions.iter().max_by_key(|(_, s)| s.pending_out()) else {
+                return;
+            };
+            let held = s.pending_out();
+            log::warn!(
+                "monitor: session {} disconnected: it left {} KiB of replies and events unread \
+                 (all sessions together may hold {} MiB)",
+                s.id.0,
+                held >> 10,
+                MAX_TOTAL_OUTPUT >> 20
+            );
+            total -= held;
+            self.close_session(fd, ops);
         }
     }
 }
@@ -666,25 +733,16 @@ fn negotiate(req: &Request) -> Result<(), QmpError> {
     Ok(())
 }
 
-fn remove_stale_socket(p: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(p),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", p.display()),
-        )),
-        Err(_) => Ok(()),
-    }
-}
-
 impl MutEventSubscriber for Monitor {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new_raw(self.handle.kick_fd(), EventSet::IN)) {
             log::error!("monitor: cannot watch its eventfd: {e:?}");
         }
-        for (l, a) in &self.listeners {
-            if let Err(e) = ops.add(Events::new_raw(l.fd(), EventSet::IN)) {
-                log::error!("monitor: cannot watch listener {a}: {e:?}");
+        for l in &self.listeners {
+            for fd in [l.listener.fd(), l.gate.timer_fd()] {
+                if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                    log::error!("monitor: cannot watch listener {}: {e:?}", l.addr);
+                }
             }
         }
         for s in std::mem::take(&mut self.early) {
@@ -699,16 +757,16 @@ impl MutEventSubscriber for Monitor {
             self.deliver_outgoing(Some(ops));
             return;
         }
-        if let Some(i) = self.listeners.iter().position(|(l, _)| l.fd() == fd) {
-            // Accept everything pending (bounded), each connection a new session.
-            for _ in 0..64 {
-                match self.listeners[i].0.accept() {
-                    Ok(s) => self.add_session(s, ops),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log::warn!("monitor: accept: {e}");
-                        break;
-                    }
+        if let Some(i) = self.listeners.iter().position(|l| l.listener.fd() == fd) {
+            self.accept(i, ops);
+            return;
+        }
+        if let Some(i) = self.listeners.iter().position(|l| l.gate.timer_fd() == fd) {
+            let l = &mut self.listeners[i];
+            if l.gate.on_timer() {
+                // Watch the listener again; it is reported at once if connections wait.
+                if let Err(e) = ops.add(Events::new_raw(l.listener.fd(), EventSet::IN)) {
+                    log::error!("monitor: cannot watch listener {}: {e:?}", l.addr);
                 }
             }
             return;

@@ -14,14 +14,17 @@
 //!   transport's [`PortDevice`]: `port_write` (chardev input, proxy output), `port_drained`
 //!   (inbox emptied after the device was refused), `set_host_connected` (chardev peer came/went).
 //!
-//! Nothing is lost and every buffer is bounded: a chardev that refuses bytes (its own buffer is
-//! full) keeps them in the hub, which stops draining that port's queue and retries on a timer; a
+//! Nothing is lost and every buffer is bounded: a chardev that refuses bytes (its own buffer,
+//! [`chardev::DEFAULT_OUTPUT_LIMIT`], is full) leaves them in the hub, which stops draining that
+//! port's queue — so the device stops taking the guest's output — and tries again when the
+//! chardev reports room (`Frontend::write_ready`, with a timer as a fallback); a
 //! port whose guest buffer is full makes the chardev pause its input (`can_receive` = 0) until the
 //! device reports room.
 
 use chardev::{Chardev, ChardevEvent, Frontend};
 use devices::virtio::console::PortBackend;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use evloop::Timer;
 use qmp::{AgentChannel, MonitorHandle, QmpProxy};
 use serde_json::json;
 use std::cell::RefCell;
@@ -32,7 +35,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::timerfd::TimerFd;
 
 /// Most guest→host bytes queued per port between the device and the event loop.
 pub const INBOX_LIMIT: usize = 256 << 10;
@@ -149,6 +151,8 @@ struct ChardevFrontend {
     dev: Rc<dyn PortDevice>,
     /// Bytes the port did not take; input is paused until they are gone.
     out: Rc<RefCell<Outbox>>,
+    /// The hub's eventfd: the chardev can take refused guest bytes again.
+    hub_kick: Rc<EventFd>,
 }
 
 impl Frontend for ChardevFrontend {
@@ -180,6 +184,10 @@ impl Frontend for ChardevFrontend {
         // Input may have been paused for the old connection; the new one starts unpaused.
         self.cd.accept_input();
     }
+
+    fn write_ready(&mut self) {
+        let _ = self.hub_kick.write(1);
+    }
 }
 
 /// Where a port's host side goes.
@@ -209,7 +217,7 @@ pub struct PortHub {
     ports: Vec<HostPort>,
     outboxes: Vec<(u32, Rc<RefCell<Outbox>>)>,
     kick: Rc<EventFd>,
-    retry: TimerFd,
+    retry: Timer,
     retry_armed: bool,
 }
 
@@ -222,7 +230,7 @@ impl PortHub {
             ports: Vec::new(),
             outboxes: Vec::new(),
             kick: Rc::new(EventFd::new(EFD_NONBLOCK)?),
-            retry: TimerFd::new()?,
+            retry: Timer::new()?,
             retry_armed: false,
         })
     }
@@ -287,6 +295,7 @@ impl PortHub {
                     port: p.port,
                     dev: dev.clone(),
                     out: p.out.clone(),
+                    hub_kick: self.kick.clone(),
                 })));
             }
         }
@@ -300,7 +309,7 @@ impl PortHub {
             retry |= self.run_port(i);
         }
         if retry && !self.retry_armed {
-            self.retry_armed = self.retry.reset(RETRY, None).is_ok();
+            self.retry_armed = self.retry.arm(RETRY).is_ok();
         }
     }
 
@@ -433,8 +442,9 @@ impl MutEventSubscriber for PortHub {
         if events.fd() == self.kick.as_raw_fd() {
             let _ = self.kick.read();
         } else {
-            let _ = self.retry.wait();
-            self.retry_armed = false;
+            if self.retry.fired() {
+                self.retry_armed = false;
+            }
         }
         self.run();
     }
