@@ -166,7 +166,19 @@ fn main() -> ExitCode {
     let shared = agent.shared();
     freeze::restore_frozen(&shared);
     let pidfile: Option<PathBuf> = cfg.pidfile.clone();
-    let sock = (method == Method::UnixListen).then(|| cfg.path.clone());
+    // Bound before the signal thread starts, so that it removes exactly the socket made here.
+    let (listener, sock) = if method == Method::UnixListen {
+        match transport::bind_unix(&cfg.path) {
+            Ok((l, b)) => (Some(l), Some(b)),
+            Err(e) => {
+                log::error!("cannot serve {}: {e}", cfg.path);
+                eprintln!("virtagent: cannot serve {}: {e}", cfg.path);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        (None, None)
+    };
     std::thread::spawn(move || {
         let mut sig: libc::c_int = 0;
         // SAFETY: sigset holds the blocked termination signals.
@@ -180,7 +192,7 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_file(p);
         }
         if let Some(s) = sock {
-            let _ = std::fs::remove_file(s);
+            s.remove();
         }
         std::process::exit(0);
     });
@@ -190,7 +202,7 @@ fn main() -> ExitCode {
         cfg.method,
         cfg.path
     );
-    match transport::serve(&mut agent, method, &cfg.path) {
+    match transport::serve(&mut agent, method, &cfg.path, listener) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("cannot serve {}: {e}", cfg.path);

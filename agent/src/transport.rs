@@ -7,10 +7,11 @@
 //!   close the device and reopen it every 100 ms.
 //! * `isa-serial`: a serial tty, put in raw mode, otherwise as virtio-serial.
 
+use evloop::unix_socket::BoundPath;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,27 +48,32 @@ impl std::str::FromStr for Method {
 }
 
 /// Serves `agent` over the channel forever (returns only on a fatal error).
-pub fn serve(agent: &mut Agent, method: Method, path: &str) -> std::io::Result<()> {
-    match method {
-        Method::UnixListen => serve_unix(agent, path),
-        Method::VirtioSerial | Method::IsaSerial => {
+/// Serves `method` on `path`; for `unix-listen`, `listener` is the socket bound with
+/// [`bind_unix`].
+pub fn serve(
+    agent: &mut Agent,
+    method: Method,
+    path: &str,
+    listener: Option<UnixListener>,
+) -> std::io::Result<()> {
+    match (method, listener) {
+        (Method::UnixListen, Some(l)) => serve_unix(agent, l, path),
+        (Method::UnixListen, None) => serve_unix(agent, bind_unix(path)?.0, path),
+        (Method::VirtioSerial | Method::IsaSerial, _) => {
             serve_device(agent, path, method == Method::IsaSerial)
         }
     }
 }
 
-/// Binds the listening socket (replacing a stale socket file).
-pub fn bind_unix(path: &str) -> std::io::Result<UnixListener> {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if m.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    UnixListener::bind(path)
+/// Binds the listening socket. A socket file nobody listens on is replaced; a socket another
+/// process (another agent) is listening on, or a file of another kind, is an error that says
+/// what is there. Remove the file at exit with the returned [`BoundPath`], which leaves alone a
+/// socket some later process put there.
+pub fn bind_unix(path: &str) -> std::io::Result<(UnixListener, BoundPath)> {
+    evloop::unix_socket::bind(Path::new(path))
 }
 
-fn serve_unix(agent: &mut Agent, path: &str) -> std::io::Result<()> {
-    let listener = bind_unix(path)?;
+fn serve_unix(agent: &mut Agent, listener: UnixListener, path: &str) -> std::io::Result<()> {
     log::info!("listening on {path}");
     let mut buf = vec![0u8; READ_BUF];
     let mut out = Vec::with_capacity(READ_BUF);

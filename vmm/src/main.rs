@@ -1,11 +1,6 @@
 //! `vmm`: a minimal VMM with a QMP monitor and an in-process QMP proxy to a guest agent.
 
-mod cli;
-mod kvm;
-mod machine;
-mod ports;
-mod signals;
-mod vhost_user;
+use vmm::{cli, kvm, machine, ports, signals, vhost_user};
 
 use chardev::{Backend, Chardev};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};

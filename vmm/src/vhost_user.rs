@@ -7,7 +7,11 @@
 //!
 //! Everything runs on the VMM's one event-loop thread: the listening socket, the frontend's
 //! socket, the queues' kick fds and the device's pending-work eventfd are event-manager fds of
-//! [`VhostUserBackend`]. No worker threads, no locks around the device.
+//! [`VhostUserBackend`]. No worker threads, no locks around the device. Nothing the frontend
+//! does can stop that thread: its socket is non-blocking, messages are assembled across wakeups
+//! however slowly they arrive, replies wait in a small buffer (a frontend that leaves more than
+//! [`MAX_REPLY_BACKLOG`] unread is disconnected), and a memory file it shrinks after sharing it
+//! turns into a disconnect, not a `SIGBUS` (see [`crate::shared_memory`]).
 //!
 //! The protocol layer is the project's own (this file), built on the message definitions of
 //! the `vhost` crate (`vhost::vhost_user::message`): `vhost` 0.18's request handler insists that
@@ -18,20 +22,22 @@
 use devices::virtio::console::Console;
 use devices::virtio::{DeviceIo, InterruptKind, InterruptSignal, Queue, QueueT, VirtioDevice};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use evloop::unix_socket::BoundPath;
+use evloop::{AcceptGate, OutBuf};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserU64,
     VhostUserVirtioFeatures, VhostUserVringAddr, VhostUserVringState, MAX_MSG_SIZE,
 };
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+use crate::shared_memory::{self, SharedMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -46,8 +52,13 @@ const HEADER_LEN: usize = 12;
 const MAX_QUEUE_SIZE: u16 = 32768;
 /// Most memory regions one `SET_MEM_TABLE` may describe (the spec's `VHOST_MEMORY_BASELINE_NREGIONS`).
 const MAX_REGIONS: usize = 8;
-/// How long a message that has started to arrive may take to arrive completely.
-const MSG_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most reply bytes a frontend may leave unread before it is disconnected (replies are at most
+/// a few KiB; a frontend that sends requests without reading the answers is broken).
+pub const MAX_REPLY_BACKLOG: usize = 64 << 10;
+/// Most descriptors accepted with one message (`SET_MEM_TABLE` carries one per region).
+const MAX_FDS: usize = 8;
+/// Most messages handled per wakeup, so the other fds of the loop get their turn.
+const MESSAGES_PER_WAKEUP: usize = 64;
 
 /// Protocol features offered. `BACKEND_REQ`: the backend-request channel is kept open for the
 /// whole session but never written (the console's configuration never changes after start);
@@ -88,14 +99,39 @@ impl InterruptSignal for Calls<'_> {
     }
 }
 
+/// A message being received without blocking: the header, then the body; descriptors may come
+/// with any part of it.
+#[derive(Default)]
+struct Incoming {
+    hdr: [u8; HEADER_LEN],
+    have_hdr: usize,
+    body: Vec<u8>,
+    have_body: usize,
+    files: Vec<File>,
+}
+
+/// One complete message from the frontend.
+struct Message {
+    code: u32,
+    flags: u32,
+    body: Vec<u8>,
+    files: Vec<File>,
+}
+
 /// One connected frontend.
 struct Session {
     sock: UnixStream,
+    /// The message being received.
+    rx: Incoming,
+    /// Replies the frontend has not read yet.
+    out: OutBuf,
+    /// [`shared_memory::faults`] when the memory was mapped: more means it was shrunk.
+    faults_seen: u64,
     protocol: u64,
     acked_features: u64,
     activated: bool,
     regions: Vec<VhostUserMemoryRegion>,
-    mem: Option<GuestMemoryMmap>,
+    mem: Option<SharedMemory>,
     queues: Vec<Queue>,
     rings: Vec<Ring>,
     /// The device returned an error: no queue work until the frontend resets or reconnects.
@@ -116,6 +152,70 @@ impl Session {
     }
 
     /// Frontend virtual address → guest physical address.
+    /// Receives what has arrived of the next message; `Ok(None)` until it is complete.
+    fn receive(&mut self) -> io::Result<Option<Message>> {
+        let rx = &mut self.rx;
+        while rx.have_hdr < HEADER_LEN {
+            match recv_some(&self.sock, &mut rx.hdr[rx.have_hdr..], &mut rx.files) {
+                Ok(n) => rx.have_hdr += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            if rx.have_hdr == HEADER_LEN {
+                let size = u32::from_le_bytes(rx.hdr[8..12].try_into().expect("4 bytes"));
+                if size as usize > MAX_MSG_SIZE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "message {} of {size} bytes",
+                            u32::from_le_bytes(rx.hdr[..4].try_into().expect("4 bytes"))
+                        ),
+                    ));
+                }
+                rx.body = vec![0; size as usize];
+                rx.have_body = 0;
+            }
+        }
+        while rx.have_body < rx.body.len() {
+            match recv_some(&self.sock, &mut rx.body[rx.have_body..], &mut rx.files) {
+                Ok(n) => rx.have_body += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let rx = std::mem::take(&mut self.rx);
+        let w = |i: usize| u32::from_le_bytes(rx.hdr[i..i + 4].try_into().expect("4 bytes"));
+        Ok(Some(Message {
+            code: w(0),
+            flags: w(4),
+            body: rx.body,
+            files: rx.files,
+        }))
+    }
+
+    /// Queues a reply and writes what the socket takes.
+    fn reply(&mut self, code: u32, payload: &[u8]) -> io::Result<()> {
+        self.out.append_with(|msg| {
+            msg.extend_from_slice(&code.to_le_bytes());
+            msg.extend_from_slice(&(VERSION | FLAG_REPLY).to_le_bytes());
+            msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            msg.extend_from_slice(payload);
+        });
+        self.flush()
+    }
+
+    /// Writes pending replies; errors when the frontend is gone or reads none of them.
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.write_to(&mut &self.sock)?;
+        if self.out.len() > MAX_REPLY_BACKLOG {
+            return Err(io::Error::other(format!(
+                "the frontend left {} bytes of replies unread; disconnected",
+                self.out.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn va_to_gpa(&self, va: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| {
             let (ua, size, gpa) = (r.user_addr, r.memory_size, r.guest_phys_addr);
@@ -131,7 +231,7 @@ impl Session {
         let was_ready = q.ready();
         // `is_valid` looks at ready queues only.
         q.set_ready(want);
-        let ok = want && self.mem.as_ref().is_some_and(|m| q.is_valid(m));
+        let ok = want && self.mem.as_ref().is_some_and(|m| q.is_valid(m.mem()));
         if want && !ok {
             log::warn!("vhost-user: queue {i}: rings outside guest memory; not started");
         }
@@ -144,13 +244,14 @@ impl Session {
 
 /// The vhost-user backend: listening socket, the current frontend, the device.
 pub struct VhostUserBackend {
-    path: PathBuf,
+    bound: BoundPath,
     listener: UnixListener,
+    gate: AcceptGate,
     session: Option<Session>,
     console: Console,
     work: EventFd,
-    /// fds currently registered with the event manager.
-    registered: Vec<RawFd>,
+    /// fds currently registered with the event manager, with their interest sets.
+    registered: Vec<(RawFd, EventSet)>,
     /// Files replaced or dropped while registered: kept open until they are deregistered, so
     /// their numbers cannot be reused by a new fd meanwhile (event-manager keys on numbers).
     retired: Vec<File>,
@@ -161,22 +262,15 @@ pub struct VhostUserBackend {
 pub struct VhostUserDevice(pub Rc<RefCell<VhostUserBackend>>);
 
 impl VhostUserBackend {
-    /// Listens on `path` (a stale socket file there is replaced) and serves `console`.
+    /// Listens on `path` (a socket file nobody listens on is replaced; a live one or any other
+    /// file is an error) and serves `console`.
     pub fn new(path: &Path, console: Console) -> io::Result<Self> {
-        if let Ok(m) = std::fs::symlink_metadata(path) {
-            if !m.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
+        let (listener, bound) = evloop::unix_socket::bind(path)?;
         listener.set_nonblocking(true)?;
         Ok(VhostUserBackend {
-            path: path.to_path_buf(),
+            bound,
             listener,
+            gate: AcceptGate::new(format!("vhost-user {}", path.display()))?,
             session: None,
             console,
             work: EventFd::new(EFD_NONBLOCK)?,
@@ -185,9 +279,9 @@ impl VhostUserBackend {
         })
     }
 
-    /// Removes the socket file.
+    /// Removes the socket file (unless another process's socket is there now).
     pub fn cleanup(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.bound.remove();
     }
 
     /// Runs `f` with the device and, when a frontend has given memory, its I/O; then schedules
@@ -201,7 +295,7 @@ impl VhostUserBackend {
     ) -> Option<R> {
         let res = match self.session.as_mut() {
             Some(s) if !s.broken && s.mem.is_some() => {
-                let mem = s.mem.as_ref().expect("checked");
+                let mem = s.mem.as_ref().expect("checked").mem();
                 let calls = Calls(&s.rings);
                 let mut io = DeviceIo {
                     mem,
@@ -241,21 +335,22 @@ impl VhostUserBackend {
         let sock = match self.listener.accept() {
             Ok((s, _)) => s,
             Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    log::warn!("vhost-user: accept: {e}");
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    // At the descriptor limit the listener is set aside for a while (`register`).
+                    self.gate.failed(&e);
                 }
                 return;
             }
         };
+        self.gate.accepted();
         if self.session.is_some() {
             log::warn!("vhost-user: a second frontend was refused (one at a time)");
             return;
         }
-        if let Err(e) = sock
-            .set_nonblocking(false)
-            .and_then(|_| sock.set_read_timeout(Some(MSG_TIMEOUT)))
-            .and_then(|_| sock.set_write_timeout(Some(MSG_TIMEOUT)))
-        {
+        if let Err(e) = sock.set_nonblocking(true) {
             log::warn!("vhost-user: socket setup: {e}");
             return;
         }
@@ -269,6 +364,9 @@ impl VhostUserBackend {
             .collect();
         self.session = Some(Session {
             sock,
+            rx: Incoming::default(),
+            out: OutBuf::new(),
+            faults_seen: 0,
             protocol: 0,
             acked_features: 0,
             activated: false,
@@ -295,21 +393,18 @@ impl VhostUserBackend {
     }
 
     /// Handles one message; Err means the session must end.
-    fn handle_message(&mut self) -> io::Result<()> {
+    fn handle_message(&mut self, msg: Message) -> io::Result<()> {
         let s = self.session.as_mut().expect("session");
-        let (hdr, files) = recv_header(&s.sock)?;
-        let (code, flags, size) = hdr;
-        if size as usize > MAX_MSG_SIZE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("message {code} of {size} bytes"),
-            ));
-        }
-        let mut body = vec![0u8; size as usize];
-        (&s.sock).read_exact(&mut body)?;
+        let Message {
+            code,
+            flags,
+            body,
+            files,
+        } = msg;
         let req = FrontendReq::try_from(code).ok();
         log::debug!(
-            "vhost-user: {req:?} ({code}) size {size} fds {}",
+            "vhost-user: {req:?} ({code}) size {} fds {}",
+            body.len(),
             files.len()
         );
         let need_reply = flags & FLAG_NEED_REPLY != 0;
@@ -318,7 +413,7 @@ impl VhostUserBackend {
             Some(FrontendReq::GET_FEATURES) => {
                 let f = self.console.device_features()
                     | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-                send_reply(&s.sock, code, VhostUserU64::new(f).as_slice())?;
+                s.reply(code, VhostUserU64::new(f).as_slice())?;
                 replied = true;
                 true
             }
@@ -351,7 +446,7 @@ impl VhostUserBackend {
             },
             Some(FrontendReq::GET_PROTOCOL_FEATURES) => {
                 let f = offered_protocol_features().bits();
-                send_reply(&s.sock, code, VhostUserU64::new(f).as_slice())?;
+                s.reply(code, VhostUserU64::new(f).as_slice())?;
                 replied = true;
                 true
             }
@@ -378,11 +473,7 @@ impl VhostUserBackend {
                 true
             }
             Some(FrontendReq::GET_QUEUE_NUM) => {
-                send_reply(
-                    &s.sock,
-                    code,
-                    VhostUserU64::new(s.queues.len() as u64).as_slice(),
-                )?;
+                s.reply(code, VhostUserU64::new(s.queues.len() as u64).as_slice())?;
                 replied = true;
                 true
             }
@@ -440,7 +531,7 @@ impl VhostUserBackend {
                     s.rings[i].addr_set = false;
                     s.queues[i].set_ready(false);
                     let st = VhostUserVringState::new(v.index, u32::from(s.queues[i].next_avail()));
-                    send_reply(&s.sock, code, st.as_slice())?;
+                    s.reply(code, st.as_slice())?;
                     replied = true;
                     true
                 }
@@ -494,14 +585,14 @@ impl VhostUserBackend {
                         self.console.read_config(u64::from(off), &mut data);
                         let mut payload = body[..hdr_len].to_vec();
                         payload.extend_from_slice(&data);
-                        send_reply(&s.sock, code, &payload)?;
+                        s.reply(code, &payload)?;
                     }
                     _ => {
                         // A reply with size 0 tells the frontend the read failed.
                         let mut payload =
                             body.get(..hdr_len).map_or(vec![0; hdr_len], |b| b.to_vec());
                         payload[4..8].copy_from_slice(&0u32.to_le_bytes());
-                        send_reply(&s.sock, code, &payload)?;
+                        s.reply(code, &payload)?;
                     }
                 }
                 replied = true;
@@ -526,43 +617,79 @@ impl VhostUserBackend {
         };
         let s = self.session.as_mut().expect("session");
         if need_reply && !replied && s.reply_ack() {
-            send_reply(&s.sock, code, VhostUserU64::new(u64::from(!ok)).as_slice())?;
+            s.reply(code, VhostUserU64::new(u64::from(!ok)).as_slice())?;
         }
         Ok(())
     }
 
     fn register(&mut self, ops: &mut EventOps) {
-        let mut want = vec![self.listener.as_raw_fd(), self.work.as_raw_fd()];
+        let mut want = vec![
+            (self.work.as_raw_fd(), EventSet::IN),
+            (self.gate.timer_fd(), EventSet::IN),
+        ];
+        if !self.gate.paused() {
+            want.push((self.listener.as_raw_fd(), EventSet::IN));
+        }
         if let Some(s) = &self.session {
-            want.push(s.sock.as_raw_fd());
+            let mut set = EventSet::IN;
+            if !s.out.is_empty() {
+                set |= EventSet::OUT;
+            }
+            want.push((s.sock.as_raw_fd(), set));
             want.extend(
                 s.rings
                     .iter()
-                    .filter_map(|r| r.kick.as_ref().map(|f| f.as_raw_fd())),
+                    .filter_map(|r| r.kick.as_ref().map(|f| (f.as_raw_fd(), EventSet::IN))),
             );
         }
-        for fd in std::mem::take(&mut self.registered) {
-            if want.contains(&fd) {
-                self.registered.push(fd);
+        for (fd, set) in std::mem::take(&mut self.registered) {
+            if want.iter().any(|(f, _)| *f == fd) {
+                self.registered.push((fd, set));
             } else {
                 let _ = ops.remove(Events::empty_raw(fd));
             }
         }
         // Deregistered above: now they may close.
         self.retired.clear();
-        for fd in want {
-            if !self.registered.contains(&fd) {
-                match ops.add(Events::new_raw(fd, EventSet::IN)) {
-                    Ok(()) => self.registered.push(fd),
-                    Err(e) => log::error!("vhost-user: cannot watch fd {fd}: {e:?}"),
+        for (fd, set) in want {
+            match self.registered.iter_mut().find(|(f, _)| *f == fd) {
+                Some((_, cur)) if *cur == set => {}
+                Some((_, cur)) => {
+                    if ops.modify(Events::new_raw(fd, set)).is_ok() {
+                        *cur = set;
+                    }
                 }
+                None => match ops.add(Events::new_raw(fd, set)) {
+                    Ok(()) => self.registered.push((fd, set)),
+                    Err(e) => log::error!("vhost-user: cannot watch fd {fd}: {e:?}"),
+                },
             }
+        }
+    }
+
+    /// A frontend whose shared memory faulted (it shrank the file) is disconnected.
+    fn check_memory(&mut self) {
+        let faulted = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.mem.is_some() && shared_memory::faults() != s.faults_seen);
+        if faulted {
+            log::error!(
+                "vhost-user: the frontend shrank the guest memory file it shared (accesses past \
+                 its end faulted); disconnected"
+            );
+            self.disconnect();
         }
     }
 
     fn on_event(&mut self, fd: RawFd, set: EventSet) {
         if fd == self.listener.as_raw_fd() {
             self.accept();
+            return;
+        }
+        if fd == self.gate.timer_fd() {
+            // The pause is over: `register` watches the listener again.
+            self.gate.on_timer();
             return;
         }
         if fd == self.work.as_raw_fd() {
@@ -578,25 +705,11 @@ impl VhostUserBackend {
                 self.disconnect();
                 return;
             }
-            match self.handle_message() {
-                Ok(()) => {
-                    let started = self
-                        .session
-                        .as_mut()
-                        .map(|s| std::mem::take(&mut s.started))
-                        .unwrap_or_default();
-                    for i in started {
-                        self.queue_notify(i);
-                    }
-                    // Host-side state may have changed: let the device run.
-                    self.process();
+            if let Err(e) = self.serve_socket(set) {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    log::warn!("vhost-user: {e}");
                 }
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::UnexpectedEof {
-                        log::warn!("vhost-user: {e}");
-                    }
-                    self.disconnect();
-                }
+                self.disconnect();
             }
             return;
         }
@@ -613,6 +726,40 @@ impl VhostUserBackend {
                 self.queue_notify(i as u16);
             }
         }
+    }
+}
+
+impl VhostUserBackend {
+    /// Writes pending replies and handles the messages that have arrived completely (a bounded
+    /// number per wakeup). Err: the session must end.
+    fn serve_socket(&mut self, set: EventSet) -> io::Result<()> {
+        let s = self.session.as_mut().expect("session");
+        if set.contains(EventSet::OUT) {
+            s.flush()?;
+        }
+        if !set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP) {
+            return Ok(());
+        }
+        for _ in 0..MESSAGES_PER_WAKEUP {
+            let Some(s) = self.session.as_mut() else {
+                return Ok(());
+            };
+            let Some(msg) = s.receive()? else {
+                return Ok(());
+            };
+            self.handle_message(msg)?;
+            let started = self
+                .session
+                .as_mut()
+                .map(|s| std::mem::take(&mut s.started))
+                .unwrap_or_default();
+            for i in started {
+                self.queue_notify(i);
+            }
+            // Host-side state may have changed: let the device run.
+            self.process();
+        }
+        Ok(())
     }
 }
 
@@ -646,6 +793,10 @@ fn set_mem_table(s: &mut Session, body: &[u8], files: Vec<File>) -> bool {
         if size == 0 || gpa.checked_add(size).is_none() || r.user_addr.checked_add(size).is_none() {
             return false;
         }
+        if let Err(e) = shared_memory::check_file_covers(&file, r.mmap_offset, size) {
+            log::warn!("vhost-user: SET_MEM_TABLE refused: region {i}: {e}");
+            return false;
+        }
         let m = match r.mmap_region::<()>(file) {
             Ok(m) => m,
             Err(e) => {
@@ -661,9 +812,20 @@ fn set_mem_table(s: &mut Session, body: &[u8], files: Vec<File>) -> bool {
     }
     match GuestMemoryMmap::from_regions(mapped) {
         Ok(mem) => {
-            s.mem = Some(mem);
-            s.regions = regions;
-            true
+            // The old table goes first: its slots in the fault guard are given back.
+            s.mem = None;
+            match SharedMemory::new(mem) {
+                Ok(m) => {
+                    s.faults_seen = shared_memory::faults();
+                    s.mem = Some(m);
+                    s.regions = regions;
+                    true
+                }
+                Err(e) => {
+                    log::warn!("vhost-user: cannot guard guest memory: {e}");
+                    false
+                }
+            }
         }
         Err(e) => {
             log::warn!("vhost-user: bad memory table: {e}");
@@ -679,39 +841,32 @@ fn read_body<T: ByteValued>(body: &[u8]) -> Option<T> {
         .copied()
 }
 
-/// Reads a 12-byte header and the fds sent with it.
-fn recv_header(sock: &UnixStream) -> io::Result<((u32, u32, u32), Vec<File>)> {
-    let mut hdr = [0u8; HEADER_LEN];
-    let mut fds = [-1 as RawFd; 8];
+/// One non-blocking read into `buf`, collecting the descriptors that come with it (at most
+/// [`MAX_FDS`] per message). End of stream is `UnexpectedEof`.
+fn recv_some(sock: &UnixStream, buf: &mut [u8], files: &mut Vec<File>) -> io::Result<usize> {
+    let mut fds = [-1 as RawFd; MAX_FDS];
     let mut iov = [libc::iovec {
-        iov_base: hdr.as_mut_ptr().cast(),
-        iov_len: hdr.len(),
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     }];
-    // SAFETY: the iovec points to `hdr`, which is valid for writes of its length and outlives the call.
+    // SAFETY: the iovec points to `buf`, which is valid for writes of its length and outlives
+    // the call.
     let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut fds) }
         .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-    let files: Vec<File> = fds[..nfds]
-        .iter()
+    for &fd in &fds[..nfds] {
         // SAFETY: these fds were just received with SCM_RIGHTS; nothing else owns them.
-        .map(|&fd| unsafe { File::from_raw_fd(fd) })
-        .collect();
+        files.push(unsafe { File::from_raw_fd(fd) });
+    }
+    if files.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} descriptors sent with one message", files.len()),
+        ));
+    }
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    if n < HEADER_LEN {
-        (&*sock).read_exact(&mut hdr[n..])?;
-    }
-    let w = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
-    Ok(((w(0), w(4), w(8)), files))
-}
-
-fn send_reply(sock: &UnixStream, code: u32, payload: &[u8]) -> io::Result<()> {
-    let mut msg = Vec::with_capacity(HEADER_LEN + payload.len());
-    msg.extend_from_slice(&code.to_le_bytes());
-    msg.extend_from_slice(&(VERSION | FLAG_REPLY).to_le_bytes());
-    msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    msg.extend_from_slice(payload);
-    (&*sock).write_all(&msg)
+    Ok(n)
 }
 
 fn set_nonblocking(fd: RawFd) {
@@ -732,6 +887,7 @@ impl MutEventSubscriber for VhostUserDevice {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut b = self.0.borrow_mut();
         b.on_event(events.fd(), events.event_set());
+        b.check_memory();
         b.register(ops);
     }
 }
