@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{class, have_qemu_ga, ret, temp_dir, AgentProc, Client, Kind};
+use common::{class, have_qemu_ga, ret, temp_dir, virtagent_bin, AgentProc, Client, Kind};
 use serde_json::{json, Value};
 
 fn mkfifo(p: &Path) {
@@ -485,4 +485,45 @@ fn concurrent_children(kind: Kind) {
             "pid {pid} left behind"
         );
     }
+}
+
+/// `-p` naming something that is not a socket says what is there (not "Address already in
+/// use") and leaves it alone; a socket another agent is listening on is refused, and that agent
+/// keeps serving and keeps its socket when the refused one exits.
+#[test]
+fn socket_path_conflicts_are_refused_and_named() {
+    let dir = temp_dir("sockpath");
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let run = |path: &Path| {
+        Command::new(virtagent_bin())
+            .args(["-m", "unix-listen", "-p"])
+            .arg(path)
+            .arg("-t")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("exists and is a regular file, not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+    let live = AgentProc::start(Kind::Virtagent, "sockpath-live", &[]);
+    let out = run(&live.sock);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is in use: another process is listening on it"),
+        "{err}"
+    );
+    assert!(live.sock.exists());
+    let mut c = live.connect();
+    assert_eq!(c.cmd("guest-ping", Value::Null), json!({"return": {}}));
+    let _ = std::fs::remove_dir_all(&dir);
 }
