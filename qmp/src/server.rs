@@ -779,6 +779,14 @@ impl MutEventSubscriber for Monitor {
             let readable =
                 set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP);
             self.service_session(fd, readable, ops);
+            // The peer is gone, and what it sent cannot be read now (a guest command of the
+            // session is with the agent): epoll reports the hang-up whatever the interest set,
+            // so waiting would spin. Drop the session and its queued requests, as QEMU drops
+            // a closed client's request queue; the reply in flight is lost silently.
+            if set.contains(EventSet::HANG_UP) && self.sessions.get(&fd).is_some_and(|s| !s.reads())
+            {
+                self.close_session(fd, ops);
+            }
         }
         // Replies produced synchronously (e.g. by the machine) go out in this same wakeup.
         self.deliver_outgoing(Some(ops));

@@ -392,3 +392,47 @@ fn ids_are_echoed_as_qemu_echoes_them() {
         "{line}"
     );
 }
+
+/// A client that sends a guest command and more requests behind it, then hangs up while the
+/// agent has not answered: its session goes (as QEMU drops a closed client's queue) instead of
+/// the loop spinning on the hang-up until the agent answers; the agent's late reply is lost
+/// silently and the monitor serves everyone else. (Found by the qmp_monitor fuzz target.)
+#[test]
+fn a_client_hanging_up_behind_a_waiting_guest_command_costs_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let ga = start_qemu_ga(dir.path(), &sock);
+    let vmm = Vmm::with_agent(dir.path(), &sock, "30");
+    let mut c = vmm.client();
+    wait_agent_up(&mut c, Duration::from_secs(10));
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(ga.pid() as i32, libc::SIGSTOP) }, 0);
+    {
+        let (w, _r) = raw_session(&vmm.qmp);
+        (&w).write_all(b"{\"execute\":\"guest-ping\"}{\"execute\":\"query-status\"}\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let ticks = cpu_ticks(vmm.proc.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(vmm.proc.pid()) - ticks;
+    // SAFETY: sysconf takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        used * 10 < 2 * hz,
+        "vmm used {used} ticks ({hz}/s) in 2 s after the client hung up"
+    );
+    assert_eq!(
+        c.execute("query-status", serde_json::Value::Null)
+            .unwrap()
+            .unwrap()["status"],
+        "running"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(ga.pid() as i32, libc::SIGCONT) }, 0);
+    assert_eq!(
+        guest(&mut c, "guest-ping", serde_json::Value::Null),
+        serde_json::json!({"return": {}})
+    );
+}
