@@ -22,3 +22,7 @@ export VIRTAGENT_GUEST_MODULES="$PWD/${modules[0]}"
 
 cargo test --workspace
 .venv/bin/python -m pytest -rs tests/guest
+
+# A short run of every fuzz target over its committed corpus (docs/hostile.md; longer runs:
+# scripts/fuzz.sh SECONDS).
+bash scripts/fuzz.sh 15
