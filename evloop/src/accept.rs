@@ -20,7 +20,11 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 pub struct AcceptGate {
     what: String,
     timer: Timer,
-    pause: Option<Duration>,
+    /// Accepting is paused until the timer fires.
+    paused: bool,
+    /// The next pause, should accepting fail again.
+    next_pause: Duration,
+    /// Failed accepts since the last success.
     failures: u64,
 }
 
@@ -30,14 +34,15 @@ impl AcceptGate {
         Ok(AcceptGate {
             what: what.into(),
             timer: Timer::new()?,
-            pause: None,
+            paused: false,
+            next_pause: FIRST_PAUSE,
             failures: 0,
         })
     }
 
     /// True while accepts are paused: do not watch the listener.
     pub fn paused(&self) -> bool {
-        self.pause.is_some()
+        self.paused
     }
 
     /// The timer to watch; call [`AcceptGate::on_timer`] when it is readable.
@@ -45,14 +50,19 @@ impl AcceptGate {
         self.timer.fd()
     }
 
-    /// The pause is over (the listener may be watched again) when this returns true.
+    /// Call when the timer fd is readable. True when the pause is over: watch the listener
+    /// again (a connection still waiting is then reported at once and tried).
     pub fn on_timer(&mut self) -> bool {
-        self.timer.fired() && self.pause.is_some()
+        if self.timer.fired() && self.paused {
+            self.paused = false;
+            return true;
+        }
+        false
     }
 
     /// Call after each successful accept.
     pub fn accepted(&mut self) {
-        if self.pause.take().is_some() || self.failures > 0 {
+        if self.failures > 0 {
             log::warn!(
                 "{}: accepting connections again (after {} failed attempts)",
                 self.what,
@@ -60,6 +70,8 @@ impl AcceptGate {
             );
         }
         self.failures = 0;
+        self.paused = false;
+        self.next_pause = FIRST_PAUSE;
     }
 
     /// Call with an accept error other than `WouldBlock`/`Interrupted`. Returns true when the
@@ -74,24 +86,51 @@ impl AcceptGate {
             log::warn!("{}: accept: {e}", self.what);
             return false;
         }
+        if self.failures == 0 {
+            log::warn!(
+                "{}: cannot accept: {e}; existing connections are still served, new ones wait \
+                 (retried after {} ms, doubling up to {} ms; logged again when it recovers)",
+                self.what,
+                FIRST_PAUSE.as_millis(),
+                MAX_PAUSE.as_millis()
+            );
+        }
         self.failures += 1;
-        let next = match self.pause {
-            None => {
-                log::warn!(
-                    "{}: cannot accept: {e}; existing connections are still served, new ones wait \
-                     (retrying every {} ms up to {} ms, logged again when it recovers)",
-                    self.what,
-                    FIRST_PAUSE.as_millis(),
-                    MAX_PAUSE.as_millis()
-                );
-                FIRST_PAUSE
-            }
-            Some(p) => (p * 2).min(MAX_PAUSE),
-        };
-        self.pause = Some(next);
-        if let Err(e) = self.timer.arm(next) {
+        self.paused = true;
+        if let Err(e) = self.timer.arm(self.next_pause) {
             log::error!("{}: accept back-off timer: {e}", self.what);
         }
+        self.next_pause = (self.next_pause * 2).min(MAX_PAUSE);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_ends_when_the_timer_fires_and_doubles_while_accepts_fail() {
+        let mut g = AcceptGate::new("test").unwrap();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(!g.failed(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
+        assert!(!g.paused(), "a peer that gave up does not pause accepting");
+        assert!(g.failed(&emfile));
+        assert!(g.paused());
+        assert!(!g.on_timer(), "not before the pause is over");
+        std::thread::sleep(FIRST_PAUSE + Duration::from_millis(20));
+        assert!(
+            g.on_timer(),
+            "the listener is watched again once the timer fires"
+        );
+        assert!(!g.paused());
+        // Failing again pauses for twice as long.
+        assert!(g.failed(&emfile));
+        std::thread::sleep(FIRST_PAUSE + Duration::from_millis(20));
+        assert!(!g.on_timer());
+        std::thread::sleep(FIRST_PAUSE);
+        assert!(g.on_timer());
+        g.accepted();
+        assert_eq!(g.next_pause, FIRST_PAUSE);
     }
 }

@@ -18,8 +18,9 @@ pub struct BoundPath {
     path: PathBuf,
     dev: u64,
     ino: u64,
-    /// The inode's change time: inode numbers are reused once a file is deleted.
-    ctime: (i64, i64),
+    /// The file's birth time where the filesystem records it (inode numbers are reused once a
+    /// file is deleted; a birth time is not changed by chmod or chown, as the change time is).
+    born: Option<std::time::SystemTime>,
 }
 
 impl BoundPath {
@@ -32,10 +33,7 @@ impl BoundPath {
     /// process put there). Returns true when it removed it.
     pub fn remove(&self) -> bool {
         match std::fs::symlink_metadata(&self.path) {
-            Ok(m)
-                if (m.dev(), m.ino(), (m.ctime(), m.ctime_nsec()))
-                    == (self.dev, self.ino, self.ctime) =>
-            {
+            Ok(m) if (m.dev(), m.ino(), m.created().ok()) == (self.dev, self.ino, self.born) => {
                 std::fs::remove_file(&self.path).is_ok()
             }
             _ => false,
@@ -63,7 +61,7 @@ pub fn bind(path: &Path) -> io::Result<(UnixListener, BoundPath)> {
             path: path.to_path_buf(),
             dev: m.dev(),
             ino: m.ino(),
-            ctime: (m.ctime(), m.ctime_nsec()),
+            born: m.created().ok(),
         },
     ))
 }
@@ -199,6 +197,9 @@ mod tests {
             "the first owner must not delete its successor's socket"
         );
         assert!(p.exists());
+        // A chmod (as a launcher may do to share the socket) does not make it someone else's.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(b2.remove());
         assert!(!p.exists());
     }

@@ -200,8 +200,14 @@ fn at_the_fd_limit_the_monitor_backs_off_and_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let qmp = dir.path().join("qmp.sock");
     let log = dir.path().join("vmm.log");
+    let cd_sock = dir.path().join("cd.sock");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmm"));
-    cmd.args(["-machine", "none", "-qmp"])
+    cmd.args(["-machine", "none", "-chardev"])
+        .arg(format!(
+            "socket,id=c0,path={},server=on,wait=off",
+            cd_sock.display()
+        ))
+        .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -238,8 +244,10 @@ fn at_the_fd_limit_the_monitor_backs_off_and_keeps_serving() {
         }
         assert!(sessions.len() < 48, "no fd limit reached");
     }
-    // More connections wait in the backlog while the vmm is out of descriptors.
+    // More connections wait in the backlog while the vmm is out of descriptors: monitor
+    // sessions and the chardev's peer.
     let waiting: Vec<UnixStream> = (0..4).map(|_| UnixStream::connect(&qmp).unwrap()).collect();
+    let _cd_peer = UnixStream::connect(&cd_sock).unwrap();
     let log_before = std::fs::metadata(&log).unwrap().len();
     let ticks = cpu_ticks(proc.pid());
     std::thread::sleep(Duration::from_secs(3));
@@ -256,11 +264,15 @@ fn at_the_fd_limit_the_monitor_backs_off_and_keeps_serving() {
         "vmm logged {logged} bytes in 3 s at the fd limit"
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(
-        text.matches("cannot accept").count(),
-        1,
-        "the condition is logged once:\n{text}"
-    );
+    for who in ["monitor unix:", "chardev 'c0'"] {
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains(who) && l.contains("cannot accept"))
+                .count(),
+            1,
+            "{who}: the condition is logged once:\n{text}"
+        );
+    }
     // Existing sessions are served all along.
     let s = &sessions[0];
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -286,6 +298,32 @@ fn at_the_fd_limit_the_monitor_backs_off_and_keeps_serving() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("accepting connections again"), "{text}");
+    // The chardev's listener is watched again too: its waiting peer is connected.
+    let mut c = qmp::client::QmpClient::connect(&qmp::SocketAddr::Unix(qmp.clone())).unwrap();
+    let t = Instant::now();
+    loop {
+        let cds = c
+            .execute("query-chardev", serde_json::Value::Null)
+            .unwrap()
+            .unwrap();
+        let f = cds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["label"] == "c0")
+            .unwrap()["filename"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if !f.starts_with("disconnected:") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "chardev still {f}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(proc);
 }
 
@@ -389,6 +427,17 @@ fn ids_are_echoed_as_qemu_echoes_them() {
     r.read_line(&mut line).unwrap();
     assert!(
         line.contains("\"id\": [-inf, 0.10000000000000001, 1.8446744073709552e+19]"),
+        "{line}"
+    );
+    // An infinite double is a number, not a string (QEMU's text).
+    (&w).write_all(
+        b"{\"execute\":\"ringbuf-write\",\"arguments\":{\"device\":1e400,\"data\":\"x\"}}\n",
+    )
+    .unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("Invalid parameter type for 'device', expected: string"),
         "{line}"
     );
 }
