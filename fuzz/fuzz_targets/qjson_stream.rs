@@ -18,7 +18,7 @@ fn parse_all(p: &mut Streamer, data: &[u8], out: &mut Vec<Parsed>) {
 /// which is not JSON and does not parse back).
 fn has_non_finite(v: &serde_json::Value) -> bool {
     match v {
-        serde_json::Value::String(s) => qjson::as_double(v).is_some() && s.starts_with('\u{FDD0}'),
+        serde_json::Value::String(_) => qjson::is_non_finite(v),
         serde_json::Value::Array(a) => a.iter().any(has_non_finite),
         serde_json::Value::Object(m) => m.values().any(has_non_finite),
         _ => false,

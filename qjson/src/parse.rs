@@ -85,8 +85,12 @@ struct StrDecode {
     err: Option<String>,
 }
 
-/// Body bytes that arrive between two partial decodes of an open string token.
+/// Body bytes that arrive between two partial decodes of an open string token (a few bytes under
+/// the fuzzer, whose inputs are short, so that it exercises the partial decodes).
+#[cfg(not(fuzzing))]
 const DECODE_STEP: usize = 64 << 10;
+#[cfg(fuzzing)]
+const DECODE_STEP: usize = 4;
 /// Bytes an escape may look at from its `\` (`\uD83D\uDE00`).
 const ESCAPE_LOOKAHEAD: usize = 12;
 
@@ -492,6 +496,12 @@ impl Streamer {
             self.arena.drain(..self.cur_start);
             self.cur_start = 0;
             self.tokens.clear();
+            self.strings.clear();
+            // Nothing of it will be parsed: stop decoding the current string.
+            self.cur_str = StrDecode {
+                err: Some(String::new()),
+                ..StrDecode::default()
+            };
             self.doomed = true;
         }
     }
@@ -724,6 +734,27 @@ fn decode_str(raw: &[u8], body_len: usize, st: &mut StrDecode, done: bool) {
     }
 }
 
+/// How much of `b` (the end of what has arrived) can be decoded now: all of it, less an
+/// unfinished UTF-8 sequence at its end (a lead byte followed by fewer continuation bytes than it
+/// needs). At most 3 bytes are held back, so stray continuation bytes are decoded (and refused)
+/// at once instead of waiting for the end of the token.
+fn complete_prefix(b: &[u8]) -> usize {
+    let n = b.len();
+    for back in 1..=n.min(4) {
+        let c = b[n - back];
+        if c & 0xC0 != 0x80 {
+            let need = match c {
+                0xF0.. => 4,
+                0xE0.. => 3,
+                0xC0.. => 2,
+                _ => 1,
+            };
+            return if need > back { n - back } else { n };
+        }
+    }
+    n
+}
+
 fn decode_body(raw: &[u8], body: &[u8], st: &mut StrDecode, done: bool) -> Result<(), String> {
     let out = &mut st.out;
     let mut i = st.pos;
@@ -736,10 +767,7 @@ fn decode_body(raw: &[u8], body: &[u8], st: &mut StrDecode, done: bool) -> Resul
         let mut take = run;
         if !done && i + run == body.len() {
             // More may follow: stop before a character that may be unfinished.
-            take = body[i..i + run]
-                .iter()
-                .rposition(|&c| c & 0xC0 != 0x80)
-                .unwrap_or(0);
+            take = complete_prefix(&body[i..i + run]);
         }
         push_raw(out, &body[i..i + take])?;
         i += take;
@@ -1189,6 +1217,32 @@ mod tests {
             last < median * 16 + std::time::Duration::from_millis(5),
             "the last feed took {last:?}, a median one {median:?}"
         );
+    }
+
+    /// Stray continuation bytes are refused as they arrive, not scanned again at every feed
+    /// until the token ends.
+    #[test]
+    fn stray_continuation_bytes_are_refused_while_they_arrive() {
+        let mut p = Streamer::new();
+        let mut input = b"{\"a\": \"x".to_vec();
+        input.extend(std::iter::repeat_n(0x80u8, 200 << 10));
+        assert!(all(&mut p, &input).is_empty());
+        assert_eq!(p.cur_str.err.as_deref(), Some(BAD_UTF8));
+        let mut rest = all(&mut p, b"\"}");
+        assert_eq!(rest.len(), 1);
+        assert!(is_err(&rest.remove(0), BAD_UTF8));
+        // An unfinished character at the end of a feed is held back, not refused.
+        let mut p = Streamer::new();
+        let mut input = b"{\"a\": \"".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 100 << 10));
+        input.extend_from_slice(&[0xF0, 0x9F, 0x98]);
+        assert!(all(&mut p, &input).is_empty());
+        assert!(p.cur_str.err.is_none());
+        assert_eq!(all(&mut p, b"\x80\"}").len(), 1);
+        assert!(matches!(
+            &run(&[&input[..], b"\x80\"}"].concat())[0],
+            Parsed::Value(_)
+        ));
     }
 
     #[test]

@@ -225,12 +225,13 @@ impl ParamKind {
 
     fn matches(self, v: &Value) -> bool {
         match self {
-            ParamKind::Str => v.is_string(),
+            // An infinite double (`1e400`) is a number, not a string, whatever stands for it.
+            ParamKind::Str => v.is_string() && !qjson::is_non_finite(v),
             ParamKind::Int => v.is_i64() || v.is_u64(),
             ParamKind::Bool => v.is_boolean(),
             ParamKind::StrList => v
                 .as_array()
-                .is_some_and(|a| a.iter().all(|x| x.is_string())),
+                .is_some_and(|a| a.iter().all(|x| x.is_string() && !qjson::is_non_finite(x))),
             ParamKind::Any => true,
         }
     }
