@@ -125,8 +125,6 @@ struct Session {
     rx: Incoming,
     /// Replies the frontend has not read yet.
     out: OutBuf,
-    /// [`shared_memory::faults`] when the memory was mapped: more means it was shrunk.
-    faults_seen: u64,
     protocol: u64,
     acked_features: u64,
     activated: bool,
@@ -366,7 +364,6 @@ impl VhostUserBackend {
             sock,
             rx: Incoming::default(),
             out: OutBuf::new(),
-            faults_seen: 0,
             protocol: 0,
             acked_features: 0,
             activated: false,
@@ -672,7 +669,7 @@ impl VhostUserBackend {
         let faulted = self
             .session
             .as_ref()
-            .is_some_and(|s| s.mem.is_some() && shared_memory::faults() != s.faults_seen);
+            .is_some_and(|s| s.mem.as_ref().is_some_and(SharedMemory::faulted));
         if faulted {
             log::error!(
                 "vhost-user: the frontend shrank the guest memory file it shared (accesses past \
@@ -816,7 +813,6 @@ fn set_mem_table(s: &mut Session, body: &[u8], files: Vec<File>) -> bool {
             s.mem = None;
             match SharedMemory::new(mem) {
                 Ok(m) => {
-                    s.faults_seen = shared_memory::faults();
                     s.mem = Some(m);
                     s.regions = regions;
                     true

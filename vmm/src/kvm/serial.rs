@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use vm_superio::serial::SerialEvents;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest output kept for the loop; beyond this the UART's bytes are dropped (as a full pty does).
+/// Guest output kept for the loop, including what the chardev has not taken yet (it buffers
+/// another `chardev::DEFAULT_OUTPUT_LIMIT` toward a slow peer); beyond this the UART's bytes are
+/// dropped, as a full pty does.
 const OUT_LIMIT: usize = 1 << 20;
 
 /// The UART's output: a buffer the event loop drains into the chardev.
@@ -79,7 +81,10 @@ impl SerialLink {
         let uart = Arc::new(Mutex::new(uart));
         if let Some(cd) = &chardev {
             let fe: std::rc::Rc<std::cell::RefCell<dyn Frontend>> =
-                std::rc::Rc::new(std::cell::RefCell::new(UartInput(uart.clone())));
+                std::rc::Rc::new(std::cell::RefCell::new(UartInput {
+                    uart: uart.clone(),
+                    out_kick: out_kick.try_clone()?,
+                }));
             cd.set_frontend(fe);
         }
         Ok(SerialLink {
@@ -96,8 +101,16 @@ impl SerialLink {
         let _ = self.out_kick.read();
         let data = std::mem::take(&mut *self.out.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some(cd) = &self.chardev {
-            // A chardev with no peer drops the bytes, as QEMU does.
-            let _ = cd.write(&data);
+            // A chardev with no peer drops the bytes, as QEMU does (`Err`).
+            let n = cd.write(&data).unwrap_or(data.len());
+            if n < data.len() {
+                // A slow peer: keep the rest in front of what the guest wrote meanwhile; the
+                // chardev says when it has room again (`write_ready`).
+                let mut b = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                let mut rest = data[n..].to_vec();
+                rest.extend_from_slice(&b);
+                *b = rest;
+            }
         }
     }
 
@@ -110,24 +123,32 @@ impl SerialLink {
     }
 }
 
-struct UartInput(Arc<Mutex<Uart>>);
+struct UartInput {
+    uart: Arc<Mutex<Uart>>,
+    /// The output eventfd: the chardev can take output again.
+    out_kick: EventFd,
+}
 
 impl Frontend for UartInput {
     fn receive(&mut self, data: &[u8]) {
         // `can_receive` bounded `data` to the FIFO's room, so nothing is lost here.
         let _ = self
-            .0
+            .uart
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .enqueue_input(data);
     }
 
     fn can_receive(&self) -> usize {
-        self.0
+        self.uart
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .input_capacity()
     }
 
     fn event(&mut self, _ev: ChardevEvent) {}
+
+    fn write_ready(&mut self) {
+        let _ = self.out_kick.write(1);
+    }
 }
