@@ -12,7 +12,7 @@ pub mod opts;
 pub mod qmp_proxy;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use evloop::{AcceptGate, OutBuf, Timer};
+use evloop::{AcceptGate, Interest, OutBuf, Timer};
 use qmp::server::{Listener, Stream};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -89,13 +89,17 @@ enum Kind {
     Socket(SocketState),
 }
 
+/// A listening socket with its accept back-off (at the descriptor limit).
+struct Listening {
+    listener: Listener,
+    gate: AcceptGate,
+}
+
 struct SocketState {
     spec: SocketSpec,
-    listener: Option<Listener>,
+    listener: Option<Listening>,
     conn: Option<Stream>,
     retry: Timer,
-    /// Accept back-off of a listening socket at the descriptor limit.
-    gate: Option<AcceptGate>,
     /// A client connect in progress, while `conn` is `None`.
     connecting: Option<Connecting>,
 }
@@ -163,8 +167,8 @@ struct Inner {
     /// A write was cut short by `out_limit`: tell the frontend when there is room again.
     out_refused: bool,
     kick: EventFd,
-    /// Interest sets registered with epoll, per fd.
-    registered: Vec<(RawFd, EventSet)>,
+    /// What is registered with epoll.
+    interest: Interest,
     input_paused: bool,
     /// Descriptors that ended (connections, finished connects), dropped once they are no longer
     /// registered with epoll: closed earlier, their number could be reused by another
@@ -237,17 +241,14 @@ impl Chardev {
                     listener: None,
                     conn: None,
                     retry: Timer::new().map_err(|e| io_err(&id, "timerfd", e))?,
-                    gate: None,
                     connecting: None,
                 };
                 if s.server {
-                    let l = Listener::bind(&s.addr)
+                    let listener = Listener::bind(&s.addr)
                         .map_err(|e| io_err(&id, format!("cannot listen on {}", s.addr), e))?;
-                    st.listener = Some(l);
-                    st.gate = Some(
-                        AcceptGate::new(format!("chardev '{id}'"))
-                            .map_err(|e| io_err(&id, "timerfd", e))?,
-                    );
+                    let gate = AcceptGate::new(format!("chardev '{id}'"))
+                        .map_err(|e| io_err(&id, "timerfd", e))?;
+                    st.listener = Some(Listening { listener, gate });
                 } else if s.reconnect.is_some() {
                     // Connected (or retried) in the background, as QEMU does with `reconnect`.
                     st.start_connect(&id);
@@ -280,7 +281,7 @@ impl Chardev {
                 out_limit: DEFAULT_OUTPUT_LIMIT,
                 out_refused: false,
                 kick: EventFd::new(EFD_NONBLOCK).map_err(|e| io_err(&spec.id, "eventfd", e))?,
-                registered: Vec::new(),
+                interest: Interest::new(),
                 input_paused: false,
                 closed: Vec::new(),
             })),
@@ -294,7 +295,12 @@ impl Chardev {
         let Kind::Socket(s) = &mut i.kind else {
             return Ok(true);
         };
-        let Some(l) = s.listener.as_ref().filter(|_| s.spec.server && s.spec.wait) else {
+        let Some(l) = s
+            .listener
+            .as_ref()
+            .map(|l| &l.listener)
+            .filter(|_| s.spec.server && s.spec.wait)
+        else {
             return Ok(true);
         };
         while s.conn.is_none() {
@@ -373,11 +379,6 @@ impl Chardev {
     /// Sets how many bytes may wait for a slow peer (default [`DEFAULT_OUTPUT_LIMIT`]).
     pub fn set_output_limit(&self, limit: usize) {
         self.inner.borrow_mut().out_limit = limit;
-    }
-
-    /// Bytes waiting for the peer now.
-    pub fn output_pending(&self) -> usize {
-        self.inner.borrow().out.len()
     }
 
     pub(crate) fn set_filename_prefix(&self, p: &str) {
@@ -484,7 +485,7 @@ impl Chardev {
             listener: Some(l), ..
         }) = &self.inner.borrow().kind
         {
-            l.remove_socket_file();
+            l.listener.remove_socket_file();
         }
     }
 
@@ -540,8 +541,8 @@ impl Chardev {
             }
             Kind::Socket(s) => {
                 want.push((s.retry.as_raw_fd(), EventSet::IN));
-                if let Some(g) = &s.gate {
-                    want.push((g.timer_fd(), EventSet::IN));
+                if let Some(l) = &s.listener {
+                    want.push((l.gate.timer_fd(), EventSet::IN));
                 }
                 if let Some(c) = &s.connecting {
                     want.push((c.done.as_raw_fd(), EventSet::IN));
@@ -558,38 +559,18 @@ impl Chardev {
                         want.push((c.as_raw_fd(), set));
                     }
                     None => {
-                        let paused = s.gate.as_ref().is_some_and(|g| g.paused());
-                        if let Some(l) = s.listener.as_ref().filter(|_| !paused) {
-                            want.push((l.fd(), EventSet::IN));
+                        if let Some(l) = s.listener.as_ref().filter(|l| !l.gate.paused()) {
+                            want.push((l.listener.fd(), EventSet::IN));
                         }
                     }
                 }
             }
             _ => {}
         }
-        // Drop fds no longer wanted, then add or modify.
-        for (fd, set) in std::mem::take(&mut i.registered) {
-            if !want.iter().any(|(f, _)| *f == fd) {
-                let _ = ops.remove(Events::new_raw(fd, set));
-            } else {
-                i.registered.push((fd, set));
-            }
-        }
+        i.interest
+            .apply(ops, &want, &format_args!("chardev '{}'", i.id));
+        // Deregistered now: they may close.
         i.closed.clear();
-        for (fd, set) in want {
-            match i.registered.iter_mut().find(|(f, _)| *f == fd) {
-                Some((_, cur)) if *cur == set => {}
-                Some((_, cur)) => {
-                    if ops.modify(Events::new_raw(fd, set)).is_ok() {
-                        *cur = set;
-                    }
-                }
-                None => match ops.add(Events::new_raw(fd, set)) {
-                    Ok(()) => i.registered.push((fd, set)),
-                    Err(e) => log::error!("chardev '{}': cannot watch fd {fd}: {e:?}", i.id),
-                },
-            }
-        }
     }
 
     /// Handles readiness of `fd`; returns what to tell the frontend.
@@ -639,9 +620,9 @@ impl Chardev {
                     if s.retry.fired() {
                         s.start_connect(&i.id);
                     }
-                } else if let Some(g) = s.gate.as_mut().filter(|g| g.timer_fd() == fd) {
+                } else if let Some(l) = s.listener.as_mut().filter(|l| l.gate.timer_fd() == fd) {
                     // The pause is over: update_interest watches the listener again.
-                    g.on_timer();
+                    l.gate.on_timer();
                 } else if s
                     .connecting
                     .as_ref()
@@ -670,29 +651,25 @@ impl Chardev {
                             s.retry_later();
                         }
                     }
-                } else if s.listener.as_ref().is_some_and(|l| l.fd() == fd) {
+                } else if let Some(l) = s.listener.as_mut().filter(|l| l.listener.fd() == fd) {
                     if s.conn.is_none() {
-                        match s.listener.as_ref().map(|l| l.accept()) {
-                            Some(Ok(c)) => {
-                                if let Some(g) = s.gate.as_mut() {
-                                    g.accepted();
-                                }
+                        match l.listener.accept() {
+                            Ok(c) => {
+                                l.gate.accepted();
                                 if c.set_nonblocking(true).is_ok() {
                                     s.conn = Some(c);
                                     notes.push(Notify::Event(ChardevEvent::Opened));
                                 }
                             }
-                            Some(Err(e))
+                            Err(e)
                                 if !matches!(
                                     e.kind(),
                                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                                 ) =>
                             {
-                                if let Some(g) = s.gate.as_mut() {
-                                    g.failed(&e);
-                                }
+                                l.gate.failed(&e);
                             }
-                            _ => {}
+                            Err(_) => {}
                         }
                     }
                 } else if let Some(conn) = s.conn.as_mut().filter(|c| c.as_raw_fd() == fd) {

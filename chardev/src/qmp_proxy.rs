@@ -16,11 +16,6 @@ use crate::{
     Backend, Chardev, ChardevError, ChardevEvent, ChardevSpec, Frontend, SocketAddr, SocketSpec,
 };
 
-/// Most bytes of requests that may wait for a host-side agent that reads slowly: the proxy
-/// sends one request at a time, and the largest (an 8 MiB `guest-file-write` is about 11 MiB of
-/// JSON; QMP takes requests of up to 64 MiB) must fit.
-pub const AGENT_OUTPUT_LIMIT: usize = 96 << 20;
-
 /// Delivers the socket's bytes and connection changes to the proxy.
 struct ProxyFrontend(Rc<RefCell<QmpProxy>>);
 
@@ -71,7 +66,7 @@ pub fn attach_socket(
     };
     let cd = Chardev::new(&spec)?;
     cd.set_filename_prefix("qmp_proxy:");
-    cd.set_output_limit(AGENT_OUTPUT_LIMIT);
+    cd.set_output_limit(qmp::proxy::MAX_AGENT_BACKLOG);
     proxy
         .borrow_mut()
         .set_channel(Box::new(SocketChannel(cd.clone())));

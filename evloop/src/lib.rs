@@ -9,13 +9,16 @@
 //!   socket, and removing only the socket file this process made.
 //! - [`AcceptGate`]: what a listener does when `accept` fails for lack of descriptors or memory:
 //!   stop watching, log once, look again later.
+//! - [`Interest`]: a subscriber's epoll registrations kept equal to the fds it wants now.
 
 mod accept;
+mod interest;
 mod outbuf;
 mod timer;
 pub mod unix_socket;
 
 pub use accept::AcceptGate;
+pub use interest::Interest;
 pub use outbuf::OutBuf;
 pub use timer::Timer;
 

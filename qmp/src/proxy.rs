@@ -22,6 +22,11 @@ use crate::protocol::{self, QmpError};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest agent reply accepted: a 48 MiB `guest-file-read` is 64 MiB of base64, plus framing.
 pub const MAX_REPLY: usize = 80 << 20;
+/// Most bytes of requests an agent channel may hold for an agent that reads slowly (the
+/// virtio-serial port's outbox, the `path=` socket's buffer): the proxy sends one request at a
+/// time, and the largest (QMP takes requests of up to 64 MiB; an 8 MiB `guest-file-write` is
+/// about 11 MiB of JSON) must fit.
+pub const MAX_AGENT_BACKLOG: usize = 96 << 20;
 /// Most requests waiting for the agent at once (each session has at most one).
 pub const MAX_QUEUE: usize = 4096;
 /// How long one sync attempt waits before a new one is sent.

@@ -238,6 +238,12 @@ impl Session {
         self.out.write_to(&mut self.stream).is_ok()
     }
 
+    /// Whether the session's parsed requests may run now (none waits for the agent, and the
+    /// output is not behind).
+    fn can_run(&self) -> bool {
+        !self.busy && self.pending_out() <= INPUT_PAUSE
+    }
+
     /// Whether the session's requests may be read now.
     fn reads(&self) -> bool {
         let stalled = self.busy && !self.inbox.is_empty() || self.inbox.len() >= MAX_INBOX;
@@ -452,7 +458,7 @@ impl Monitor {
             let Some(s) = self.sessions.get_mut(&fd) else {
                 return;
             };
-            if s.busy || s.pending_out() > INPUT_PAUSE {
+            if !s.can_run() {
                 return;
             }
             let Some(p) = s.inbox.pop_front() else {
@@ -474,8 +480,7 @@ impl Monitor {
                 return;
             };
             alive = s.flush();
-            let runnable = !s.busy && !s.inbox.is_empty() && s.pending_out() <= INPUT_PAUSE;
-            if !alive || !runnable {
+            if !alive || s.inbox.is_empty() || !s.can_run() {
                 break;
             }
             self.run_inbox(fd);

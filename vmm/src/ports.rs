@@ -38,9 +38,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Most guest→host bytes queued per port between the device and the event loop.
 pub const INBOX_LIMIT: usize = 256 << 10;
-/// Most host→guest bytes the proxy may have waiting for one port (an 8 MiB guest-file-write is
-/// about 11 MiB of JSON).
-pub const PROXY_OUTBOX_LIMIT: usize = 96 << 20;
 /// How often a chardev that refused bytes is tried again.
 const RETRY: Duration = Duration::from_millis(10);
 /// Largest chunk handed to `port_write` at once.
@@ -251,7 +248,7 @@ impl PortHub {
     /// with `chardev::qmp_proxy::attach_port`), then add the port with [`PortSink::Proxy`].
     pub fn proxy_channel(&mut self, port: u32) -> Box<dyn AgentChannel> {
         Box::new(PortChannel {
-            out: self.outbox(port, PROXY_OUTBOX_LIMIT),
+            out: self.outbox(port, qmp::proxy::MAX_AGENT_BACKLOG),
             kick: self.kick.clone(),
         })
     }
@@ -266,7 +263,7 @@ impl PortHub {
     ) -> io::Result<Box<dyn PortBackend>> {
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         let limit = match sink {
-            PortSink::Proxy(_) => PROXY_OUTBOX_LIMIT,
+            PortSink::Proxy(_) => qmp::proxy::MAX_AGENT_BACKLOG,
             PortSink::Chardev(_) => CHUNK,
         };
         let out = self.outbox(port, limit);

@@ -23,7 +23,7 @@ use devices::virtio::console::Console;
 use devices::virtio::{DeviceIo, InterruptKind, InterruptSignal, Queue, QueueT, VirtioDevice};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use evloop::unix_socket::BoundPath;
-use evloop::{AcceptGate, OutBuf};
+use evloop::{AcceptGate, Interest, OutBuf};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -248,8 +248,8 @@ pub struct VhostUserBackend {
     session: Option<Session>,
     console: Console,
     work: EventFd,
-    /// fds currently registered with the event manager, with their interest sets.
-    registered: Vec<(RawFd, EventSet)>,
+    /// What is registered with the event manager.
+    interest: Interest,
     /// Files replaced or dropped while registered: kept open until they are deregistered, so
     /// their numbers cannot be reused by a new fd meanwhile (event-manager keys on numbers).
     retired: Vec<File>,
@@ -272,7 +272,7 @@ impl VhostUserBackend {
             session: None,
             console,
             work: EventFd::new(EFD_NONBLOCK)?,
-            registered: Vec::new(),
+            interest: Interest::new(),
             retired: Vec::new(),
         })
     }
@@ -542,7 +542,8 @@ impl VhostUserBackend {
                     let nofd = v.value & 0x100 != 0;
                     let file = if nofd { None } else { files.into_iter().next() };
                     if let Some(f) = &file {
-                        set_nonblocking(f.as_raw_fd());
+                        // A kick or call fd the frontend never drains must not block the loop.
+                        let _ = evloop::set_nonblocking(f.as_raw_fd());
                     }
                     if i >= s.rings.len() {
                         false
@@ -639,29 +640,9 @@ impl VhostUserBackend {
                     .filter_map(|r| r.kick.as_ref().map(|f| (f.as_raw_fd(), EventSet::IN))),
             );
         }
-        for (fd, set) in std::mem::take(&mut self.registered) {
-            if want.iter().any(|(f, _)| *f == fd) {
-                self.registered.push((fd, set));
-            } else {
-                let _ = ops.remove(Events::empty_raw(fd));
-            }
-        }
-        // Deregistered above: now they may close.
+        self.interest.apply(ops, &want, &"vhost-user");
+        // Deregistered now: they may close.
         self.retired.clear();
-        for (fd, set) in want {
-            match self.registered.iter_mut().find(|(f, _)| *f == fd) {
-                Some((_, cur)) if *cur == set => {}
-                Some((_, cur)) => {
-                    if ops.modify(Events::new_raw(fd, set)).is_ok() {
-                        *cur = set;
-                    }
-                }
-                None => match ops.add(Events::new_raw(fd, set)) {
-                    Ok(()) => self.registered.push((fd, set)),
-                    Err(e) => log::error!("vhost-user: cannot watch fd {fd}: {e:?}"),
-                },
-            }
-        }
     }
 
     /// A frontend whose shared memory faulted (it shrank the file) is disconnected.
@@ -863,16 +844,6 @@ fn recv_some(sock: &UnixStream, buf: &mut [u8], files: &mut Vec<File>) -> io::Re
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(n)
-}
-
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on an fd we own; F_GETFL/F_SETFL take no pointers.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-    }
 }
 
 impl MutEventSubscriber for VhostUserDevice {

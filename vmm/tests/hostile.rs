@@ -41,6 +41,15 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// CPU time process `pid` uses over the next `window`, in clock ticks, with the ticks per second.
+fn cpu_ticks_during(pid: u32, window: Duration) -> (u64, u64) {
+    let before = cpu_ticks(pid);
+    std::thread::sleep(window);
+    // SAFETY: sysconf takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    (cpu_ticks(pid) - before, hz)
+}
+
 /// A client that pipelines up to 20 000 requests and reads every reply as fast as it can, for
 /// 30 s: QEMU stays at 32 MiB on this client; so must `vmm`, and no reply may be lost.
 #[test]
@@ -249,12 +258,8 @@ fn at_the_fd_limit_the_monitor_backs_off_and_keeps_serving() {
     let waiting: Vec<UnixStream> = (0..4).map(|_| UnixStream::connect(&qmp).unwrap()).collect();
     let _cd_peer = UnixStream::connect(&cd_sock).unwrap();
     let log_before = std::fs::metadata(&log).unwrap().len();
-    let ticks = cpu_ticks(proc.pid());
-    std::thread::sleep(Duration::from_secs(3));
-    let used = cpu_ticks(proc.pid()) - ticks;
+    let (used, hz) = cpu_ticks_during(proc.pid(), Duration::from_secs(3));
     let logged = std::fs::metadata(&log).unwrap().len() - log_before;
-    // SAFETY: sysconf takes no pointers.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     assert!(
         used * 100 < 3 * hz * 5,
         "vmm used {used} ticks ({hz}/s) of CPU in 3 s at the fd limit"
@@ -454,8 +459,7 @@ fn a_client_hanging_up_behind_a_waiting_guest_command_costs_no_cpu() {
     let vmm = Vmm::with_agent(dir.path(), &sock, "30");
     let mut c = vmm.client();
     wait_agent_up(&mut c, Duration::from_secs(10));
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    assert_eq!(unsafe { libc::kill(ga.pid() as i32, libc::SIGSTOP) }, 0);
+    freeze(&ga, true);
     {
         let (w, _r) = raw_session(&vmm.qmp);
         (&w).write_all(b"{\"execute\":\"guest-ping\"}{\"execute\":\"query-status\"}\n")
@@ -463,11 +467,7 @@ fn a_client_hanging_up_behind_a_waiting_guest_command_costs_no_cpu() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(200));
-    let ticks = cpu_ticks(vmm.proc.pid());
-    std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(vmm.proc.pid()) - ticks;
-    // SAFETY: sysconf takes no pointers.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let (used, hz) = cpu_ticks_during(vmm.proc.pid(), Duration::from_secs(2));
     assert!(
         used * 10 < 2 * hz,
         "vmm used {used} ticks ({hz}/s) in 2 s after the client hung up"
@@ -478,8 +478,7 @@ fn a_client_hanging_up_behind_a_waiting_guest_command_costs_no_cpu() {
             .unwrap()["status"],
         "running"
     );
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(ga.pid() as i32, libc::SIGCONT) }, 0);
+    freeze(&ga, false);
     assert_eq!(
         guest(&mut c, "guest-ping", serde_json::Value::Null),
         serde_json::json!({"return": {}})

@@ -73,13 +73,7 @@ pub fn open(ctx: &Ctx, mut a: Args) -> QgaResult<Value> {
     // SAFETY: fd was just opened and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
     // Like qemu-ga: non-blocking, so reads of an empty pipe do not hang.
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-    }
+    let _ = evloop::set_nonblocking(fd);
     let h = ctx
         .shared
         .files

@@ -107,6 +107,13 @@ impl Drop for Proc {
     }
 }
 
+/// Freezes or thaws a process (a hung agent: its socket still takes our bytes, nothing answers).
+pub fn freeze(p: &Proc, on: bool) {
+    let sig = if on { libc::SIGSTOP } else { libc::SIGCONT };
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(p.pid() as i32, sig) }, 0);
+}
+
 /// Starts Debian's qemu-ga listening on `sock`, with its own state dir under `dir`.
 pub fn start_qemu_ga(dir: &Path, sock: &Path) -> Proc {
     require_qemu_ga();
